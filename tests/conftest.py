@@ -1,0 +1,47 @@
+"""Shared fixtures: real scans and the MPNet tokenizer/weights fetched by ``tests/fetch_test_data.py``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+SHARED_REFERENCE = Path(os.environ.get("SATSEG_SHARED_REFERENCE", REPO.parent / "shared" / "reference"))
+
+sys.path.insert(0, str(TESTS))
+import fetch_test_data  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def test_data_dir() -> Path:
+    dest = fetch_test_data.default_dest()
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def totalseg_dir(test_data_dir: Path) -> Path:
+    """``.../totalseg`` with ``reference_files/`` (real CT/MR/DICOM + labels) and ``map_to_binary.py``."""
+    return fetch_test_data.fetch_totalsegmentator(test_data_dir)
+
+
+@pytest.fixture(scope="session")
+def reference_files(totalseg_dir: Path) -> Path:
+    return totalseg_dir / "reference_files"
+
+
+@pytest.fixture(scope="session")
+def mpnet_dir(test_data_dir: Path) -> Path:
+    """all-mpnet-base-v2 (sentence-transformers folder): MPNet tokenizer + weights."""
+    return fetch_test_data.fetch_mpnet(test_data_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    if not SHARED_REFERENCE.exists():
+        pytest.skip(f"shared reference folder not found at {SHARED_REFERENCE}")
+    return SHARED_REFERENCE
