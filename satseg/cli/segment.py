@@ -1,19 +1,88 @@
-"""``satseg SCAN -p PROMPT ... -o OUT``: segment one scan (filled by the segmentation pipeline work)."""
+"""``satseg SCAN -p PROMPT ... -o OUT``: segment one scan."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import typer
 
-from satseg.errors import SatsegError
+HELP = ("Segment one scan: satseg SCAN -p PROMPT [-p PROMPT ...] -o OUT_DIR. SCAN is a NIfTI, NRRD or MHA "
+        "file, a DICOM folder or a .zip of one.")
 
-HELP = "Segment one scan: satseg SCAN -p PROMPT [-p PROMPT ...] -o OUT_DIR"
+log = logging.getLogger("satseg.cli")
+
+# Options shared with `satseg batch` (Typer needs them spelled out per command).
+MODEL = typer.Option("sat-nano", "--model", "-m", help="Model name (satseg weights list) or imported name.")
+MODALITY = typer.Option(None, "--modality", help="ct | mri | pet (default: from DICOM, else ct).")
+ORIENTATION = typer.Option("auto", "--orientation",
+                           help="Model-grid orientation: auto (RAS; ASR for sagittal scans), RAS, ASR, ...")
+DEVICE = typer.Option("auto", "--device", help="auto | cuda | cuda:N | mps | cpu")
+PRECISION = typer.Option("auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+WINDOW_BATCH = typer.Option(None, "--window-batch", min=1, help="Windows per forward pass (default 1 CPU, 2 GPU).")
+PROMPT_CHUNK = typer.Option(32, "--prompt-chunk", min=1, help="Prompts decoded together.")
+THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for torch.")
+FREE_TEXT = typer.Option(False, "--free-text", help="Send unresolvable prompts to the text encoder as they are.")
+PROBABILITIES = typer.Option(False, "--probabilities", help="Also write float probability maps (<name>_prob).")
+MULTILABEL = typer.Option(False, "--ml", help="Also write one multilabel file segmentation.nii.gz + legend.")
+STATISTICS = typer.Option(False, "--statistics", help="Write statistics.json (volumes, intensities, boxes).")
+PREVIEW = typer.Option(False, "--preview", help="Write preview.png (axial, coronal, sagittal overlays).")
 
 
 def segment(
-    scan: Path = typer.Argument(..., help="NIfTI / NRRD / MHA file, DICOM folder or .zip"),
+    scan: Path = typer.Argument(..., help="Scan: NIfTI / NRRD / MHA file, DICOM folder or .zip."),
     prompts: list[str] = typer.Option(None, "--prompt", "-p", help="Structure to segment (repeatable)."),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    model: str = MODEL,
+    modality: str = MODALITY,
+    orientation: str = ORIENTATION,
+    series: str = typer.Option(None, "--series", help="DICOM SeriesInstanceUID when a folder holds several."),
+    volume: int = typer.Option(None, "--volume", min=0, help="Volume index of a 4D file."),
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    window_batch: int = WINDOW_BATCH,
+    prompt_chunk: int = PROMPT_CHUNK,
+    threads: int = THREADS,
+    free_text: bool = FREE_TEXT,
+    probabilities: bool = PROBABILITIES,
+    ml: bool = MULTILABEL,
+    statistics: bool = STATISTICS,
+    preview: bool = PREVIEW,
+    report: Path = typer.Option(None, "--report", help="Write a run report (JSON) to this path."),
 ) -> None:
-    raise SatsegError("segmentation is not implemented yet in this build")
+    from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
+    from satseg.inference.prepare import prepare_prompts, prepare_scan
+    from satseg.outputs.case import OutputOptions, check_output_dir, run_report, write_segmentation
+
+    started = time.perf_counter()
+    scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
+    prompt_options = PromptOptions(free_text=free_text)
+    # Everything the user can get wrong is checked before a model is loaded or the network is touched.
+    vol, mod, warnings = prepare_scan(scan, scan_options)
+    resolutions, names = prepare_prompts(prompts or [], mod, prompt_options)
+    check_output_dir(out)
+    for warning in warnings:
+        log.warning(warning)
+
+    from satseg.inference.predictor import Predictor
+
+    runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
+                             prompt_chunk=prompt_chunk, threads=threads)
+    load_start = time.perf_counter()
+    predictor = Predictor.from_pretrained(model, runtime)
+    load_s = time.perf_counter() - load_start
+    result = predictor.segment_prepared(vol, mod, list(prompts), names, resolutions, scan_options, prompt_options,
+                                        probabilities=probabilities, warnings=warnings)
+    for warning in result.warnings[len(warnings):]:
+        log.warning(warning)
+    result.timings = {"load_model": load_s, **result.timings}
+    options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
+                            report=str(report) if report else None)
+    write_start = time.perf_counter()
+    report_data = run_report(result, predictor) if report else None
+    written = write_segmentation(result, out, options, report=report_data)
+    result.timings["write"] = time.perf_counter() - write_start
+    found = sum(int(m.any()) for m in result.masks.values())
+    typer.echo(f"{vol.name}: {len(result.masks)} structure(s), {found} found, {len(written)} file(s) in {out} "
+               f"({time.perf_counter() - started:.1f} s)")

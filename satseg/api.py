@@ -1,0 +1,64 @@
+"""The Python API, mirroring the command line.
+
+    >>> import satseg
+    >>> masks = satseg.segment("scan.nii.gz", ["liver", "left kidney"])      # name → nibabel image
+    >>> predictor = satseg.Predictor.from_pretrained("sat-nano")             # load once ...
+    >>> for path in cohort:
+    ...     result = predictor.segment(path, ["liver"])                      # ... segment many
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
+from satseg.inference.predictor import Predictor, Segmentation
+from satseg.io.volume import Volume
+
+__all__ = ["segment", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions"]
+
+
+def segment(scan, prompts: list[str] | str, *, model: str | Predictor = "sat-nano",
+            scan_options: ScanOptions | None = None, prompt_options: PromptOptions | None = None,
+            runtime: RuntimeOptions | None = None, probabilities: bool = False) -> dict:
+    """Segment ``prompts`` in ``scan`` and return ``{output name: nibabel image}`` on the scan's grid.
+
+    Args:
+        scan: a path (NIfTI, NRRD, MHA, DICOM folder or .zip), a :class:`~satseg.io.volume.Volume` or a
+            nibabel image.
+        prompts: one prompt or a list ("liver", "left kidney", "kidneys", ...).
+        model: a model name (``sat-nano``, ``sat-pro``, an imported name) or a loaded :class:`Predictor`.
+        probabilities: also return ``<name>_prob`` float32 probability maps.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    scan_options = scan_options or ScanOptions()
+    prompt_options = prompt_options or PromptOptions()
+    if isinstance(model, Predictor):
+        predictor = model
+        result = predictor.segment(scan, prompts, scan_options=scan_options, prompt_options=prompt_options,
+                                   probabilities=probabilities)
+    else:
+        # Validate the scan and the prompts before any weights are loaded or downloaded.
+        from satseg.inference.prepare import prepare_prompts, prepare_scan
+
+        volume, modality, warnings = prepare_scan(scan if not isinstance(scan, (str, Path)) else Path(scan),
+                                                  scan_options)
+        resolutions, names = prepare_prompts(prompts, modality, prompt_options)
+        predictor = Predictor.from_pretrained(model, runtime)
+        result = predictor.segment_prepared(volume, modality, prompts, names, resolutions, scan_options,
+                                            prompt_options, probabilities=probabilities, warnings=warnings)
+    images = result.to_nifti()
+    if probabilities and result.probabilities:
+        from satseg.outputs.masks import INTENT_NONE, nifti_like
+
+        for name, prob in result.probabilities.items():
+            images[f"{name}_prob"] = nifti_like(prob, result.volume, intent=INTENT_NONE, description="probability")
+    return images
+
+
+def load_volume(path: str | Path, *, series: str | None = None, volume: int | None = None) -> Volume:
+    """Read a scan the way the pipeline does (validation included)."""
+    from satseg.io import read_volume
+
+    return read_volume(Path(path), series=series, volume=volume)

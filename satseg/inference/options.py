@@ -1,0 +1,55 @@
+"""Options of a segmentation run, grouped in small dataclasses (not dozens of keyword arguments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how the model runs.
+
+    Attributes:
+        device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cuda"``, ``"cuda:1"``, ``"cpu"`` or ``"mps"``.
+        precision: ``"auto"`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        window_batch: windows per forward pass; ``None`` picks 1 on CPU, 2 on GPU.
+        prompt_chunk: prompts decoded together (the decoder treats prompts independently).
+        threads: CPU threads for torch (``None``: torch's default).
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    window_batch: int | None = None
+    prompt_chunk: int = 32
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How a scan is read and preprocessed.
+
+    Attributes:
+        modality: ``"ct"``, ``"mri"`` or ``"pet"``; ``None``: from DICOM, else CT (with a warning when the
+            intensities do not look like Hounsfield units).
+        orientation: ``"auto"`` (RAS, or ASR for sagittal acquisitions), or an axis code such as ``"RAS"``.
+        series: DICOM SeriesInstanceUID when a folder holds several series.
+        volume: index of the volume to take from a 4D file.
+    """
+
+    modality: str | None = None
+    orientation: str = "auto"
+    series: str | None = None
+    volume: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How prompts are understood.
+
+    Attributes:
+        free_text: send prompts that do not resolve to trained terms to the text encoder as they are.
+        threshold: probability above which a voxel belongs to the structure (SAT: 0.5).
+    """
+
+    free_text: bool = False
+    threshold: float = 0.5

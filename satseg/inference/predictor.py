@@ -1,0 +1,326 @@
+"""Load a model once, segment many scans.
+
+``Predictor.from_pretrained("sat-nano")`` resolves, verifies and loads the weights; ``segment(scan,
+prompts)`` runs SAT's inference and returns masks on the scan's own grid. Data flows one way: read →
+model grid (geometry, intensity) → sliding windows (backbone once per window, every prompt chunk decoded
+against it) → Gaussian-averaged probabilities → back to the input grid → threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from satseg.errors import InputError, SatsegError
+from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
+from satseg.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segmentation:
+    """The result for one scan.
+
+    Attributes:
+        volume: the scan as read.
+        prompts: the user's prompts, in order.
+        names: output file stems, one per prompt (unique, snake_case).
+        resolutions: how each prompt resolved to trained terms (dicts, JSON-ready).
+        masks: name → uint8 (I, J, K) mask on the scan's grid.
+        probabilities: name → float32 (I, J, K) probability map on the scan's grid, when asked for.
+        modality: the modality the model was told.
+        grid: what preprocessing did (``GridRecord.to_dict()``).
+        timings: stage → seconds.
+        warnings: everything the run warned about.
+    """
+
+    volume: Volume
+    prompts: list[str]
+    names: list[str]
+    resolutions: list[dict]
+    masks: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray] | None
+    modality: str
+    grid: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    model: str = ""
+
+    def to_nifti(self) -> dict:
+        """name → ``nibabel.Nifti1Image`` (uint8 mask with the scan's affine and header)."""
+        from satseg.outputs.masks import INTENT_LABEL, nifti_like
+
+        return {name: nifti_like(mask, self.volume, intent=INTENT_LABEL, description=f"satseg {name}")
+                for name, mask in self.masks.items()}
+
+
+class _Stopwatch:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` → CUDA, else MPS, else CPU; an unavailable explicit choice is a one-line error."""
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SatsegError("--device cuda was asked for, but no CUDA GPU is available "
+                              "(use --device cpu, or install a CUDA build of torch)")
+        return torch.device(requested)
+    if requested == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise SatsegError("--device mps was asked for, but Apple MPS is not available")
+        return torch.device("mps")
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {requested!r}; use auto, cuda, cuda:N, mps or cpu")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
+    precision = (precision or "auto").lower()
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class Predictor:
+    """A loaded SAT model (segmentation + text encoder + tokenizer) that segments many scans.
+
+    Args:
+        model: a :class:`~satseg.model.sat.SAT` in eval mode.
+        text_encoder: the paired :class:`~satseg.model.text.TextEncoder`.
+        tokenizer: a :class:`~satseg.model.text.SATTokenizer`.
+        name: model name (used for the text-embedding cache key and reports).
+        runtime: device / precision / batching.
+        embedding_cache: folder for cached text embeddings (``None``: no disk cache).
+        cache_key: identity of the weights for the embedding cache (e.g. the checkpoint hash).
+    """
+
+    def __init__(self, model, text_encoder, tokenizer, *, name: str = "custom",
+                 runtime: RuntimeOptions | None = None, embedding_cache: Path | None = None,
+                 cache_key: str = ""):
+        self.runtime = runtime or RuntimeOptions()
+        if self.runtime.threads:
+            torch.set_num_threads(self.runtime.threads)
+        self.device = pick_device(self.runtime.device)
+        self.autocast = autocast_dtype(self.device, self.runtime.precision)
+        self.name = name
+        self.model = model.eval().to(self.device)
+        self.text_encoder = text_encoder.eval()  # text runs once per prompt: kept on the CPU
+        self.tokenizer = tokenizer
+        self.embedding_cache = Path(embedding_cache) if embedding_cache else None
+        self.cache_key = cache_key
+        self._embeddings: dict[tuple[str, str], torch.Tensor] = {}
+        self.window = tuple(model.config.window)
+        self.stride = tuple(model.config.stride)
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name: str = "sat-nano", runtime: RuntimeOptions | None = None,
+                        *, download: bool = True) -> Predictor:
+        """Resolve (download, verify) and load a named model from the weights manifest or the local registry."""
+        from satseg import weights
+        from satseg.model.build import build_sat, build_text_encoder
+        from satseg.model.checkpoint import load_satseg_weights, load_segmentation_checkpoint, load_text_checkpoint
+        from satseg.model.text import SATTokenizer
+
+        files = weights.resolve_model(name, download=download)
+        model = build_sat(files.variant, device="meta")
+        text = build_text_encoder(files.variant, device="meta")
+        if files.format == "satseg-safetensors":
+            load_satseg_weights(model, text, files.checkpoint, assign=True)
+        else:
+            load_segmentation_checkpoint(model, files.checkpoint, assign=True)
+            load_text_checkpoint(text, files.text_checkpoint, assign=True)
+        tokenizer = SATTokenizer(files.tokenizer, max_tokens=model.config.text.max_tokens)
+        identity = f"{files.name}:{files.checkpoint.stat().st_size}:{files.text_checkpoint.stat().st_size}"
+        return cls(model, text, tokenizer, name=name, runtime=runtime,
+                   embedding_cache=weights.satseg_home() / "cache" / "text-embeddings", cache_key=identity)
+
+    # -- text ----------------------------------------------------------------------------------------
+
+    def embed(self, terms: list[str], modality: str) -> torch.Tensor:
+        """Text embeddings (N, query_dim) for trained terms, computed once per (model, term, modality)."""
+        missing = [t for t in dict.fromkeys(terms) if (t, modality) not in self._embeddings]
+        from_disk = {t: e for t in missing if (e := self._load_cached(t, modality)) is not None}
+        to_compute = [t for t in missing if t not in from_disk]
+        if to_compute:
+            with torch.no_grad():
+                computed = self.text_encoder.encode(to_compute, modality, self.tokenizer).float().cpu()
+            for term, row in zip(to_compute, computed):
+                from_disk[term] = row
+                self._store_cached(term, modality, row)
+        for term, row in from_disk.items():
+            self._embeddings[(term, modality)] = row
+        return torch.stack([self._embeddings[(t, modality)] for t in terms])
+
+    def _cache_file(self, term: str, modality: str) -> Path | None:
+        if self.embedding_cache is None:
+            return None
+        digest = hashlib.sha256(f"{self.cache_key}\0{term}\0{modality}".encode()).hexdigest()[:32]
+        return self.embedding_cache / f"{digest}.pt"
+
+    def _load_cached(self, term: str, modality: str) -> torch.Tensor | None:
+        path = self._cache_file(term, modality)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            return None
+
+    def _store_cached(self, term: str, modality: str, row: torch.Tensor) -> None:
+        path = self._cache_file(term, modality)
+        if path is None:
+            return
+        try:
+            from satseg.io.atomic import atomic_path
+
+            with atomic_path(path, suffix=".pt") as tmp:
+                torch.save(row.clone(), tmp)
+        except OSError as exc:  # read-only home, full disk: the cache is an optimisation only
+            log.debug("text-embedding cache not written: %s", exc)
+
+    # -- image ---------------------------------------------------------------------------------------
+
+    def probabilities(self, image: np.ndarray, queries: torch.Tensor, *, progress=None) -> torch.Tensor:
+        """Sliding-window probabilities on the model grid.
+
+        Args:
+            image: (H, W, D) float32 normalised volume on the model grid.
+            queries: (N, query_dim) text embeddings.
+
+        Returns:
+            (N, H, W, D) float32 probabilities on the CPU.
+        """
+        batch = self.runtime.window_batch or (1 if self.device.type == "cpu" else 2)
+        while True:
+            try:
+                return self._sliding_window(image, queries, batch, progress)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if batch > 1:
+                    batch //= 2
+                    log.warning("GPU out of memory: retrying with %d window(s) per batch", batch)
+                    continue
+                if self.device.type != "cpu":
+                    log.warning("GPU out of memory with one window per batch: falling back to the CPU (slow)")
+                    self.device = torch.device("cpu")
+                    self.autocast = None
+                    self.model = self.model.to(self.device)
+                    continue
+                raise
+
+    def _sliding_window(self, image: np.ndarray, queries: torch.Tensor, batch: int, progress) -> torch.Tensor:
+        from satseg.inference.aggregate import ProbabilityAccumulator
+        from satseg.inference.windows import extract_windows, window_slices
+
+        volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        boxes = window_slices(tuple(volume.shape), self.window, self.stride)
+        n = queries.shape[0]
+        accumulator = ProbabilityAccumulator(tuple(volume.shape), n, window=self.window, device="cpu", boxes=boxes)
+        chunk = max(1, self.runtime.prompt_chunk)
+        queries = queries.to(self.device)
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            for first in range(0, len(boxes), batch):
+                group = boxes[first:first + batch]
+                patches = extract_windows(volume, group, self.window).to(self.device)
+                patches = patches.expand(-1, 3, -1, -1, -1).contiguous()
+                features = self.model.encode_image(patches)
+                for start in range(0, n, chunk):
+                    stop = min(n, start + chunk)
+                    logits = self.model.decode(features, queries[start:stop].to(features.tokens.dtype))
+                    probs = torch.sigmoid(logits.float())
+                    for box, window_probs in zip(group, probs):
+                        accumulator.add(box, window_probs, prompts=slice(start, stop))
+                del features
+                if progress is not None:
+                    progress(min(first + batch, len(boxes)), len(boxes))
+        return accumulator.finalize()
+
+    # -- the whole job -------------------------------------------------------------------------------
+
+    def segment(self, scan: Volume | str | Path, prompts: list[str], *, scan_options: ScanOptions | None = None,
+                prompt_options: PromptOptions | None = None, probabilities: bool = False,
+                progress=None) -> Segmentation:
+        """Segment ``prompts`` in ``scan``; masks come back on the scan's own grid."""
+        from satseg.inference.prepare import prepare_prompts, prepare_scan
+
+        scan_options = scan_options or ScanOptions()
+        prompt_options = prompt_options or PromptOptions()
+        clock = _Stopwatch()
+        with clock("read"):
+            volume, modality, warnings = prepare_scan(scan, scan_options)
+        resolutions, names = prepare_prompts(prompts, modality, prompt_options)
+        warnings += [w for r in resolutions for w in r["warnings"]]
+        return self.segment_prepared(volume, modality, prompts, names, resolutions, scan_options, prompt_options,
+                                     probabilities=probabilities, progress=progress, clock=clock, warnings=warnings)
+
+    def segment_prepared(self, volume: Volume, modality: str, prompts: list[str], names: list[str],
+                         resolutions: list[dict], scan_options: ScanOptions, prompt_options: PromptOptions, *,
+                         probabilities: bool = False, progress=None, clock: _Stopwatch | None = None,
+                         warnings: list[str] | None = None) -> Segmentation:
+        """:meth:`segment` after input validation and prompt resolution (what the CLI calls)."""
+        from satseg.geometry import to_model_grid
+        from satseg.inference.prepare import choose_orientation
+        from satseg.intensity import normalize
+
+        clock = clock or _Stopwatch()
+        warnings = list(warnings or [])
+        with clock("preprocess"):
+            orientation = choose_orientation(volume, scan_options.orientation)
+            raw, record = to_model_grid(volume, orientation=orientation)
+            image = normalize(raw, modality)
+            del raw
+        terms = list(dict.fromkeys(t for r in resolutions for t in r["terms"]))
+        with clock("text"):
+            queries = self.embed(terms, modality)
+        with clock("model"):
+            term_probs = self.probabilities(image, queries, progress=progress)
+        masks: dict[str, np.ndarray] = {}
+        maps: dict[str, np.ndarray] | None = {} if probabilities else None
+        with clock("to_input_grid"):
+            index = {t: i for i, t in enumerate(terms)}
+            for name, resolution in zip(names, resolutions):
+                rows = [index[t] for t in resolution["terms"]]
+                # A composite prompt ("kidneys") is the union of its terms: the voxel-wise maximum.
+                prob = term_probs[rows].amax(dim=0).numpy()
+                on_input = record.to_input_grid(prob, order="linear")
+                masks[name] = (on_input > prompt_options.threshold).astype(np.uint8)
+                if maps is not None:
+                    maps[name] = on_input.astype(np.float32)
+        grid = record.to_dict()
+        grid["orientation_choice"] = scan_options.orientation
+        return Segmentation(volume=volume, prompts=list(prompts), names=names, resolutions=resolutions, masks=masks,
+                            probabilities=maps, modality=modality, grid=grid, timings=clock.timings,
+                            warnings=warnings, model=self.name)
