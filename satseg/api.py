@@ -28,7 +28,8 @@ def segment(scan, prompts: list[str] | str, *, model: str | Predictor = "sat-nan
             nibabel image.
         prompts: one prompt or a list ("liver", "left kidney", "kidneys", ...).
         model: a model name (``sat-nano``, ``sat-pro``, an imported name) or a loaded :class:`Predictor`.
-        probabilities: also return ``<name>_prob`` float32 probability maps.
+        probabilities: also return the float32 probability maps: the result is then a pair
+            ``(masks, probability_maps)`` of two ``{name: image}`` dicts.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -49,12 +50,13 @@ def segment(scan, prompts: list[str] | str, *, model: str | Predictor = "sat-nan
         result = predictor.segment_prepared(volume, modality, prompts, names, resolutions, scan_options,
                                             prompt_options, probabilities=probabilities, warnings=warnings)
     images = result.to_nifti()
-    if probabilities and result.probabilities:
-        from satseg.outputs.masks import INTENT_NONE, nifti_like
+    if not probabilities:
+        return images
+    from satseg.outputs.masks import INTENT_NONE, nifti_like
 
-        for name, prob in result.probabilities.items():
-            images[f"{name}_prob"] = nifti_like(prob, result.volume, intent=INTENT_NONE, description="probability")
-    return images
+    maps = {name: nifti_like(prob, result.volume, intent=INTENT_NONE, description="satseg probability")
+            for name, prob in (result.probabilities or {}).items()}
+    return images, maps
 
 
 def load_volume(path: str | Path, *, series: str | None = None, volume: int | None = None) -> Volume:

@@ -1,13 +1,150 @@
-"""``satseg batch``: segment a cohort (filled by the segmentation pipeline work)."""
+"""``satseg batch``: segment a cohort with the model loaded once."""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import typer
 
-from satseg.errors import SatsegError
+from satseg.cli.segment import (
+    DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
+    STATISTICS, THREADS, WINDOW_BATCH,
+)
 
-HELP = "Segment a cohort: satseg batch INPUTS... | DIR | LIST.txt | - -p PROMPT -o OUT_DIR"
+HELP = ("Segment a cohort: satseg batch INPUTS... | DIR | LIST.txt | - -p PROMPT -o OUT_DIR. One folder per "
+        "case in OUT_DIR; finished cases are skipped; exit code 3 when some cases failed.")
+
+log = logging.getLogger("satseg.cli")
 
 
-def batch(inputs: list[str] = typer.Argument(None)) -> None:
-    raise SatsegError("batch is not implemented yet in this build")
+def batch(
+    inputs: list[str] = typer.Argument(None, help="Scans, folders, list files (one path a line), or - for stdin."),
+    prompts: list[str] = typer.Option(None, "--prompt", "-p", help="Structure to segment in every case."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per case)."),
+    jobs: Path = typer.Option(None, "--jobs", help="jobs.jsonl: per-case image, prompts, modality, case name."),
+    shard: str = typer.Option(None, "--shard", help="K/N: process only shard K of N (K from 1 to N)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases that are already finished."),
+    model: str = MODEL,
+    modality: str = MODALITY,
+    orientation: str = ORIENTATION,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    window_batch: int = WINDOW_BATCH,
+    prompt_chunk: int = PROMPT_CHUNK,
+    threads: int = THREADS,
+    free_text: bool = FREE_TEXT,
+    probabilities: bool = PROBABILITIES,
+    ml: bool = MULTILABEL,
+    statistics: bool = STATISTICS,
+    preview: bool = PREVIEW,
+    report: bool = typer.Option(False, "--report", help="Write report.json in every case folder."),
+) -> None:
+    from satseg.errors import EXIT_COHORT_FAILED, InputError
+    from satseg.inference.cohort import expand_inputs, parse_shard, read_jobs, select_shard
+    from satseg.inference.options import PromptOptions, RuntimeOptions
+    from satseg.outputs.case import OutputOptions, check_output_dir
+
+    if jobs is not None and inputs:
+        raise InputError("give either INPUTS or --jobs, not both")
+    cases = read_jobs(jobs) if jobs is not None else expand_inputs(list(inputs or []))
+    if not prompts and any(c.prompts is None for c in cases):
+        raise InputError("no prompt given: add -p/--prompt (or \"prompts\" for every job in --jobs)")
+    cases = select_shard(cases, parse_shard(shard))
+    check_output_dir(out)
+    prompt_options = PromptOptions(free_text=free_text)
+    if prompts:  # refuse unknown prompts before any case runs or a model loads
+        from satseg.inference.prepare import prepare_prompts
+
+        prepare_prompts(list(prompts), _vocabulary_modality(modality), prompt_options)
+    runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
+                             prompt_chunk=prompt_chunk, threads=threads)
+    options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
+                            report="report.json" if report else None)
+    runner = _CohortRunner(model, runtime, options, prompt_options, modality, orientation, overwrite)
+    for number, case in enumerate(cases, start=1):
+        runner.run(case, list(case.prompts or prompts), out / case.name, f"[{number}/{len(cases)}]")
+    runner.summary()
+    if runner.failed:
+        raise typer.Exit(EXIT_COHORT_FAILED)
+
+
+def _vocabulary_modality(modality: str | None) -> str | None:
+    if modality is None:
+        return None
+    from satseg.vocabulary import normalize_modality
+
+    return normalize_modality(modality)
+
+
+class _CohortRunner:
+    """Runs cases one by one; the predictor is created on the first case that needs it."""
+
+    def __init__(self, model, runtime, options, prompt_options, modality, orientation, overwrite):
+        self.model, self.runtime, self.options = model, runtime, options
+        self.prompt_options, self.modality, self.orientation = prompt_options, modality, orientation
+        self.overwrite = overwrite
+        self.predictor = None
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.failed = 0
+
+    def run(self, case, prompts: list[str], case_dir: Path, counter: str) -> None:
+        from satseg.errors import SatsegError
+        from satseg.inference.options import ScanOptions
+        from satseg.inference.prepare import prepare_prompts, prepare_scan
+        from satseg.outputs.case import is_complete, run_report, write_segmentation
+
+        started = time.perf_counter()
+        if not self.overwrite and is_complete(case_dir, prompts, self.model):
+            self._line(counter, case.name, "skipped", "already done", started)
+            return
+        try:
+            scan_options = ScanOptions(modality=case.modality or self.modality,
+                                       orientation=case.orientation or self.orientation)
+            volume, modality, warnings = prepare_scan(case.path, scan_options)
+            resolutions, names = prepare_prompts(prompts, modality, self.prompt_options)
+            if self.predictor is None:
+                from satseg.inference.predictor import Predictor
+
+                self.predictor = Predictor.from_pretrained(self.model, self.runtime)
+            result = self.predictor.segment_prepared(volume, modality, prompts, names, resolutions, scan_options,
+                                                     self.prompt_options, probabilities=self.options.probabilities,
+                                                     warnings=warnings)
+            report = run_report(result, self.predictor, extra={"case": case.name}) if self.options.report else None
+            write_segmentation(result, case_dir, self.options, report=report)
+        except SatsegError as exc:
+            if self.predictor is None and _is_model_error(exc):
+                raise  # no model, no cohort: stop at once with the model's error
+            self.failed += 1
+            self._line(counter, case.name, "failed", " ".join(str(exc).split()), started)
+            return
+        except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+            self.failed += 1
+            self._line(counter, case.name, "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}", started)
+            return
+        found = sum(int(m.any()) for m in result.masks.values())
+        self._line(counter, case.name, "done", f"{found}/{len(result.masks)} found", started)
+
+    def _line(self, counter: str, name: str, status: str, detail: str, started: float) -> None:
+        seconds = f"{time.perf_counter() - started:.1f} s"
+        self.rows.append((name, status, detail, seconds))
+        typer.echo(f"{counter} {name}: {status} ({detail}) {seconds}", err=status == "failed")
+
+    def summary(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        counts = {s: sum(1 for r in self.rows if r[1] == s) for s in ("done", "skipped", "failed")}
+        table = Table(title=f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+        for column in ("case", "status", "detail", "time"):
+            table.add_column(column)
+        for row in self.rows:
+            table.add_row(*row)
+        Console(stderr=True).print(table)
+
+
+def _is_model_error(exc) -> bool:
+    from satseg.errors import CheckpointError, WeightsError
+
+    return isinstance(exc, (CheckpointError, WeightsError))

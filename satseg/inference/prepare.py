@@ -14,6 +14,9 @@ from satseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
+# Files a case folder may hold besides the masks: no prompt may be named like them.
+RESERVED_NAMES = frozenset({"segmentation", "statistics", "preview", "report", "probabilities"})
+
 
 def prepare_scan(scan: Volume | str | Path, options: ScanOptions) -> tuple[Volume, str, list[str]]:
     """Read and validate a scan and settle its modality → ``(volume, modality, warnings)``."""
@@ -53,7 +56,7 @@ def prepare_prompts(prompts: list[str], modality: str, options: PromptOptions) -
     if blank:
         raise InputError("an empty prompt was given; every -p/--prompt needs a structure name")
     resolutions = [resolve(p, modality, free_text=options.free_text).to_dict() for p in prompts]
-    return resolutions, output_names(prompts)
+    return resolutions, output_names(prompts, reserved=RESERVED_NAMES)
 
 
 def choose_orientation(volume: Volume, requested: str) -> str:

@@ -27,7 +27,7 @@ class OutputOptions:
     """What to write besides one mask per prompt.
 
     Attributes:
-        probabilities: float32 probability maps ``<name>_prob.nii.gz`` on the input grid.
+        probabilities: float32 probability maps ``probabilities/<name>.nii.gz`` on the input grid.
         multilabel: one label image ``segmentation.nii.gz`` + ``segmentation.json`` legend.
         statistics: ``statistics.json`` (volumes, intensities, bounding boxes, centroids).
         preview: ``preview.png`` (axial / coronal / sagittal overlays).
@@ -110,8 +110,11 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
             for name, mask in seg.masks.items():
                 written.append(write_mask(mask, seg.volume, staging / f"{name}.nii.gz").name)
         if options.probabilities and seg.probabilities:
+            (staging / "probabilities").mkdir()
+            (out_dir / "probabilities").mkdir(exist_ok=True)
             for name, prob in seg.probabilities.items():
-                written.append(write_probability(prob, seg.volume, staging / f"{name}_prob.nii.gz").name)
+                write_probability(prob, seg.volume, staging / "probabilities" / f"{name}.nii.gz")
+                written.append(f"probabilities/{name}.nii.gz")
         if options.multilabel:
             ml = staging / "segmentation.nii.gz"
             write_multilabel(seg.masks, seg.volume, ml, probabilities=seg.probabilities,

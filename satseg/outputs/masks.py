@@ -1,0 +1,126 @@
+"""Masks and probability maps written on the input grid, with the input's affine and header.
+
+The header of the input scan is copied (qform and sform with their codes, units, pixdim, description of
+the space), then only what must change is changed: data type, scaling (``scl_slope = 1``,
+``scl_inter = 0`` so stored values are the values), display range, intent, description. Header
+extensions of the input (e.g. an embedded DICOM header) are not carried over: they describe the scan,
+not the mask. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from satseg.io.atomic import atomic_path
+from satseg.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: the code a fresh header gets for qform and sform
+INTENT_LABEL = 1002  # NIFTI_INTENT_LABEL: values are labels, not measurements
+INTENT_NONE = 0
+
+
+def nifti_like(data: np.ndarray, like: Volume, *, intent: int, description: str) -> nib.Nifti1Image:
+    """A NIfTI image of ``data`` on ``like``'s grid: same shape, affine, qform/sform codes and header.
+
+    Args:
+        data: array of shape ``like.shape``, already in the dtype to store.
+        like: the input scan; ``like.header`` may be ``None`` (then qform and sform are both set from
+            ``like.affine`` with code 1, scanner).
+        intent: NIfTI intent code for the data.
+        description: text for the header's ``descrip`` field (at most 80 bytes are kept).
+    """
+    if tuple(data.shape) != tuple(like.shape):
+        raise ValueError(f"array shape {data.shape} differs from the input grid {like.shape}")
+    affine = np.asarray(like.affine, dtype=np.float64)
+    header = like.header
+    if isinstance(header, (nib.Nifti1Header, nib.Nifti2Header)):
+        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        hdr = header.copy()
+        del hdr.extensions[:]
+        qform_code, sform_code = int(hdr["qform_code"]), int(hdr["sform_code"])
+        fresh = False
+    else:
+        if header is not None:
+            log.debug("input header %s is not NIfTI; building a fresh header", type(header).__name__)
+        image_class, hdr = nib.Nifti1Image, nib.Nifti1Header()
+        hdr.set_xyzt_units("mm", "sec")
+        qform_code = sform_code = 0
+        fresh = True
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(data.dtype)
+    if fresh or not np.allclose(hdr.get_best_affine(), affine, rtol=0, atol=1e-5):
+        # The header does not yet describe this affine (no header, or the reader corrected it): store it
+        # in both transforms, keeping the input's codes where it had them.
+        if qform_code == 0 and sform_code == 0:
+            qform_code = sform_code = SCANNER
+        hdr.set_qform(affine, code=qform_code)
+        hdr.set_sform(affine, code=sform_code)
+        if not np.allclose(hdr.get_best_affine(), affine, rtol=0, atol=1e-5):
+            # A qform cannot hold shear; the sform must carry the affine then.
+            hdr.set_sform(affine, code=max(sform_code, SCANNER))
+    hdr.set_intent(intent, allow_unknown=True)
+    hdr["descrip"] = description.encode("ascii", "replace")[:79]
+    hdr["aux_file"] = b""
+    image = image_class(data, affine, hdr)
+    # Explicit identity scaling (the constructor resets it to NaN, "choose on save"): stored = value.
+    image.header.set_slope_inter(1.0, 0.0)
+    return image
+
+
+def save_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike) -> Path:
+    """Save ``image`` to ``path`` (``.nii`` or ``.nii.gz``) through a temporary file and a rename."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.to_filename(tmp)
+    return path
+
+
+def binary_uint8(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as a uint8 array of 0 and 1; bool, or numbers that are all 0 or 1.
+
+    Anything else (e.g. a probability map passed by mistake) raises ``ValueError`` instead of being
+    silently thresholded.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    if not np.all((mask == 0) | (mask == 1)):
+        raise ValueError("a mask must hold only 0 and 1 (threshold probabilities before writing)")
+    return mask.astype(np.uint8)
+
+
+def write_mask(mask: np.ndarray, like: Volume, path: str | os.PathLike) -> Path:
+    """Write one binary mask as uint8 NIfTI (values exactly 0 and 1) on the input grid.
+
+    Args:
+        mask: shape ``like.shape``, bool or 0/1 numbers.
+        like: the input scan whose shape, affine and header the file gets.
+        path: target ``.nii.gz`` (or ``.nii``); replaced atomically.
+    """
+    data = binary_uint8(mask)
+    image = nifti_like(data, like, intent=INTENT_LABEL, description="satseg mask")
+    image.header["cal_min"], image.header["cal_max"] = 0, 1
+    return save_nifti_atomic(image, path)
+
+
+def write_probability(prob: np.ndarray, like: Volume, path: str | os.PathLike) -> Path:
+    """Write a probability map as float32 NIfTI on the input grid.
+
+    Args:
+        prob: shape ``like.shape``, values in [0, 1] (checked; NaN is refused).
+        like: the input scan whose shape, affine and header the file gets.
+        path: target ``.nii.gz`` (or ``.nii``); replaced atomically.
+    """
+    data = np.asarray(prob, dtype=np.float32)
+    if data.size and not (np.all(data >= 0) and np.all(data <= 1)):
+        raise ValueError("probabilities must lie in [0, 1]")
+    image = nifti_like(data, like, intent=INTENT_NONE, description="satseg probability")
+    image.header["cal_min"], image.header["cal_max"] = 0, 1
+    return save_nifti_atomic(image, path)
