@@ -1,12 +1,152 @@
-"""``satseg weights ...`` (filled by the weights work)."""
+"""``satseg weights list|download|verify|path|hash|import``: thin wrappers around :mod:`satseg.weights`."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from satseg.errors import WeightsError
 
 app = typer.Typer(help="List, download, verify, hash and import model weights.", no_args_is_help=True)
 
 
+def summarize(checks) -> tuple[str, str]:
+    """(downloaded, verified) words for a model's file checks, from remembered hashes only."""
+    present = [c for c in checks if c.status != "missing"]
+    downloaded = "yes" if len(present) == len(checks) else ("partial" if present else "no")
+    statuses = {c.status for c in present}
+    if not present:
+        verified = "-"
+    elif "mismatch" in statuses:
+        verified = "MISMATCH"
+    elif "unchecked" in statuses:
+        verified = "not checked"
+    elif "unverified" in statuses:
+        verified = "no recorded hash"
+    else:
+        verified = "yes" if downloaded == "yes" else "partial"
+    return downloaded, verified
+
+
+def _size_text(entry) -> str:
+    sizes = [f.size for f in entry.files.values()]
+    if all(s is not None for s in sizes):
+        return f"{sum(sizes) / 1e9:.2f} GB" if sum(sizes) >= 1e8 else f"{sum(sizes) / 1e6:.1f} MB"
+    return " + ".join(f.approx_size or "?" for f in entry.files.values())
+
+
+def _stdout():
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)  # tables unclipped when piped
+
+
 @app.command("list")
-def list_() -> None:
-    """List the named models."""
+def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the named models: files, size, whether they are downloaded and verified."""
+    from satseg import weights
+
+    rows = []
+    for entry in weights.list_models():
+        downloaded, verified = summarize(weights.verify(entry.name, rehash=False))
+        rows.append({
+            "name": entry.name, "variant": entry.variant, "format": entry.format,
+            "source": f"{entry.repo}@{entry.revision}" if entry.repo else "imported (local files)",
+            "files": [f.path if entry.repo else Path(f.path).name for f in entry.files.values()],
+            "size": _size_text(entry), "downloaded": downloaded, "verified": verified,
+        })
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("name", "variant", "source", "files", "size", "downloaded", "verified")
+    for row in rows:
+        table.add_row(row["name"], row["variant"], row["source"], "\n".join(row["files"]), row["size"],
+                      row["downloaded"], row["verified"])
+    _stdout().print(table)
+
+
+def _print_paths(files, as_json: bool) -> None:
+    paths = {"checkpoint": str(files.checkpoint), "text_checkpoint": str(files.text_checkpoint),
+             "tokenizer": str(files.tokenizer)}
+    if as_json:
+        typer.echo(json.dumps({"name": files.name, "variant": files.variant, **paths,
+                               "verified": files.verified, "commit": files.commit}, indent=2))
+        return
+    for role, path in paths.items():
+        typer.echo(f"{role}\t{path}")
+
+
+@app.command("download")
+def download(name: str = typer.Argument(..., help="Model name (see `satseg weights list`)."),
+             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Download a model's files into the Hugging Face cache and check them."""
+    from satseg import weights
+
+    files = weights.resolve_model(name, download=True)
+    _print_paths(files, as_json)
+    if not as_json:
+        typer.echo(f"verified\t{'yes' if files.verified else 'unverified: no recorded hash'}")
+
+
+@app.command("path")
+def path(name: str = typer.Argument(..., help="Model name."),
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Print the local paths of a model's files (never downloads)."""
+    from satseg import weights
+
+    _print_paths(weights.resolve_model(name, download=False), as_json)
+
+
+@app.command("verify")
+def verify(name: str = typer.Argument(None, help="Model name; all models when left out.")) -> None:
+    """Hash the local files again and compare them with the recorded sha256 (exit 1 on a mismatch)."""
+    from rich.table import Table
+
+    from satseg import weights
+
+    checks = weights.verify(name, rehash=True)
+    table = Table("model", "file", "status", "sha256")
+    for check in checks:
+        label = {"unverified": "no recorded hash"}.get(check.status, check.status)
+        table.add_row(check.model, check.role, label, check.sha256 or "-")
+    _stdout().print(table)
+    bad = [c for c in checks if c.status == "mismatch"]
+    if bad:
+        raise WeightsError(f"{len(bad)} file(s) do not match their recorded sha256: "
+                           + ", ".join(f"{c.model} {c.role} ({c.path})" for c in bad))
+
+
+@app.command("hash")
+def hash_(files: list[Path] = typer.Argument(..., help="Files to hash.")) -> None:
+    """Print size and sha256 of files in the manifest's form, ready to record."""
+    from satseg import weights
+    from satseg.errors import InputError
+
+    for file in files:
+        if not file.is_file():
+            raise InputError(f"{file} is not a file")
+        typer.echo(json.dumps({"path": file.name, "size": file.stat().st_size,
+                               "sha256": weights.sha256_file(file)}))
+
+
+@app.command("import")
+def import_(
+    name: str = typer.Option(..., "--name", help="Name to register (then usable as --model NAME)."),
+    variant: str = typer.Option(..., "--variant", help="Architecture: nano or pro (tiny for tests)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Official segmentation checkpoint (.pth)."),
+    text_checkpoint: Path = typer.Option(..., "--text-checkpoint", help="Its paired text-encoder checkpoint."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer folder (BioLORD-2023-C / MPNet)."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an earlier import of the same name."),
+) -> None:
+    """Validate local official-format files (strict load) and register them under a name."""
+    from satseg import weights
+
+    entry = weights.import_model(name, variant, checkpoint, text_checkpoint, tokenizer, replace=replace)
+    typer.echo(f"registered {entry.name} ({entry.variant}) in {weights.satseg_home() / 'models.json'}; "
+               f"use it with --model {entry.name}")
