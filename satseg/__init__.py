@@ -8,12 +8,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "segment", "Predictor"]
+_API = ("segment", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions")
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
     # Lazy re-exports so that `import satseg` stays torch-free.
-    if name in ("segment", "Predictor"):
+    if name in _API:
         from satseg import api
 
         return getattr(api, name)

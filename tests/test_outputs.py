@@ -443,3 +443,17 @@ def test_a_rename_onto_a_folder_fails_without_leaving_a_temporary_file(ct, ct_la
         write_mask(ct_labels == SPLEEN, ct, tmp_path / "spleen.nii.gz")
     assert [p.name for p in tmp_path.iterdir()] == ["spleen.nii.gz"]
     assert os.listdir(tmp_path / "spleen.nii.gz") == []
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from satseg.io.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644

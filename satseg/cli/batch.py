@@ -103,6 +103,7 @@ class _CohortRunner:
             scan_options = ScanOptions(modality=case.modality or self.modality,
                                        orientation=case.orientation or self.orientation)
             volume, modality, warnings = prepare_scan(case.path, scan_options)
+            read_s = time.perf_counter() - started
             resolutions, names = prepare_prompts(prompts, modality, self.prompt_options)
             if self.predictor is None:
                 from satseg.inference.predictor import Predictor
@@ -111,6 +112,7 @@ class _CohortRunner:
             result = self.predictor.segment_prepared(volume, modality, prompts, names, resolutions, scan_options,
                                                      self.prompt_options, probabilities=self.options.probabilities,
                                                      warnings=warnings)
+            result.timings = {"read": read_s, **result.timings}
             report = run_report(result, self.predictor, extra={"case": case.name}) if self.options.report else None
             write_segmentation(result, case_dir, self.options, report=report)
         except SatsegError as exc:

@@ -60,6 +60,7 @@ def segment(
     prompt_options = PromptOptions(free_text=free_text)
     # Everything the user can get wrong is checked before a model is loaded or the network is touched.
     vol, mod, warnings = prepare_scan(scan, scan_options)
+    read_s = time.perf_counter() - started
     resolutions, names = prepare_prompts(prompts or [], mod, prompt_options)
     check_output_dir(out)
     for warning in warnings:
@@ -76,7 +77,7 @@ def segment(
                                         probabilities=probabilities, warnings=warnings)
     for warning in result.warnings[len(warnings):]:
         log.warning(warning)
-    result.timings = {"load_model": load_s, **result.timings}
+    result.timings = {"read": read_s, "load_model": load_s, **result.timings}
     options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
                             report=str(report) if report else None)
     write_start = time.perf_counter()

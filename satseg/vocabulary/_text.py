@@ -1,0 +1,116 @@
+"""Text normalisation shared by the vocabulary build and prompt resolution.
+
+:func:`phrase_key` turns a phrase into a comparison key: lower case, punctuation as spaces, British spellings and
+plurals folded, ordinals as numbers after the structure ("first rib" → "rib 1"), and a lone laterality word moved
+to the front ("Kidneys (left)" → "left kidney"). Term names and user prompts go through the same function, so a key match means "the same phrase
+up to spelling". The key is never shown to users and never sent to the model.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+LATERALITY = ("left", "right")
+
+# Words that change nothing in a structure name.
+_DROPPED_WORDS = frozenset({"the", "a", "an", "all", "entire", "whole", "sided", "side"})
+
+_LATERALITY_ABBREVIATIONS = {"lt": "left", "rt": "right", "l": "left", "r": "right", "sinister": "left",
+                             "dexter": "right"}
+
+# British → American (SAT's own names mix both, e.g. "grey matter" but "tumor"; keys use one spelling).
+_SPELLING = {
+    "tumour": "tumor", "oesophagus": "esophagus", "oesophageal": "esophageal", "oedema": "edema",
+    "haemorrhage": "hemorrhage", "haemorrhagic": "hemorrhagic", "haematoma": "hematoma", "grey": "gray",
+    "caecum": "cecum", "centre": "center", "fibre": "fiber", "ischaemic": "ischemic", "ischaemia": "ischemia",
+    "anaemia": "anemia", "oestrogen": "estrogen", "foetal": "fetal", "paediatric": "pediatric",
+    "haemangioma": "hemangioma", "tumours": "tumors", "oedematous": "edematous",
+    # Latin names TotalSegmentator and the knowledge file use for English terms.
+    "clavicula": "clavicle", "claviculae": "clavicle",
+}
+
+# Irregular plurals and Latin forms → singular.
+_SINGULAR = {
+    "vertebrae": "vertebra", "atria": "atrium", "hippocampi": "hippocampus", "thalami": "thalamus",
+    "femora": "femur", "humeri": "humerus", "scapulae": "scapula", "cochleae": "cochlea", "amygdalae": "amygdala",
+    "bronchi": "bronchus", "bronchie": "bronchus", "nuclei": "nucleus", "lenses": "lens", "gyri": "gyrus",
+    "glutei": "gluteus", "testes": "testis", "ovaries": "ovary", "corpora": "corpus", "cavities": "cavity",
+    "canals": "canal", "processes": "process", "sinuses": "sinus", "meninges": "meninx", "foramina": "foramen",
+    "ganglia": "ganglion", "ribs": "rib", "vertebras": "vertebra", "discs": "disc", "disks": "disc", "disk": "disc",
+}
+# Singular words that end in "s" and must keep it.
+_KEEP_S_ENDINGS = ("ss", "us", "is", "os")
+_KEEP_S_WORDS = frozenset({"lens", "accumbens", "pons", "biceps", "triceps", "quadriceps", "diabetes", "series",
+                           "pancreas", "iliopsoas", "psoas", "atlas", "vas", "gas", "bias"})
+
+_ORDINAL_WORDS = {
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+    "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12,
+}
+
+# Two words written as one in SAT's names ("gall bladder" → "gallbladder").
+_COMPOUNDS = {("gall", "bladder"): "gallbladder", ("brain", "stem"): "brainstem", ("eye", "ball"): "eyeball"}
+
+_DASHES = re.compile(r"[\u2010-\u2015\u2212]")
+_ORDINAL_SUFFIX = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)\b")
+_WORD_DIGITS = re.compile(r"\b([a-z]{3,})(\d{1,2})\b")
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def light(text: str) -> str:
+    """Lower case, unicode dashes as ``-``, ordinals as numbers, single spaces; punctuation kept."""
+    text = unicodedata.normalize("NFKC", text).lower().strip()
+    text = _DASHES.sub("-", text).replace("_", " ")
+    text = _ORDINAL_SUFFIX.sub(r"\1", text)
+    text = re.sub(r"\b(" + "|".join(_ORDINAL_WORDS) + r")\b", lambda m: str(_ORDINAL_WORDS[m.group(1)]), text)
+    text = _WORD_DIGITS.sub(r"\1 \2", text)  # "rib1" → "rib 1"; "l1", "t12" stay
+    return " ".join(text.split())
+
+
+def singular(word: str) -> str:
+    """One word in singular form (``kidneys`` → ``kidney``, ``arteries`` → ``artery``, ``pancreas`` unchanged)."""
+    if word in _SINGULAR:
+        return _SINGULAR[word]
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(_KEEP_S_ENDINGS) or word in _KEEP_S_WORDS:
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses")):
+        return word[:-2]
+    return word[:-1]
+
+
+def tokens(text: str) -> list[str]:
+    """Canonical word list of a phrase (see module docstring); laterality is not moved here."""
+    words = _NON_ALNUM.sub(" ", re.sub(r"[&+]", " and ", light(text).replace("'", ""))).split()
+    out: list[str] = []
+    for i, word in enumerate(words):
+        if word in _LATERALITY_ABBREVIATIONS and len(words) > 1:
+            follows_word = i + 1 < len(words) and not words[i + 1].isdigit() and words[i + 1] != "spine"
+            ends_name = i == len(words) - 1 and words[i - 1].isalpha() and len(words[i - 1]) > 2
+            if len(word) > 1 or (i == 0 and follows_word) or ends_name:
+                word = _LATERALITY_ABBREVIATIONS[word]
+        word = _SPELLING.get(word, word)
+        word = singular(word)
+        if word in _DROPPED_WORDS and len(words) > 1:
+            continue
+        if out and (out[-1], word) in _COMPOUNDS:
+            out[-1] = _COMPOUNDS[(out[-1], word)]
+            continue
+        out.append(word)
+    return out
+
+
+def phrase_key(text: str) -> str:
+    """Comparison key of a phrase; a single laterality word anywhere moves to the front."""
+    words = tokens(text)
+    sides = [w for w in words if w in LATERALITY]
+    if len(sides) == 1 and words[0] != sides[0]:
+        words.remove(sides[0])
+        words.insert(0, sides[0])
+    # An ordinal before the structure goes after it: "left 1 rib" → "left rib 1", "1 lumbar vertebra" → ...
+    first = 1 if words and words[0] in LATERALITY else 0
+    if len(words) > first + 1 and words[first].isdigit() and not any(w.isdigit() for w in words[first + 1:]):
+        words.append(words.pop(first))
+    return " ".join(words)

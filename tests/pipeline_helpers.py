@@ -1,0 +1,27 @@
+"""Shared set-up for pipeline tests: a tiny SAT model registered under a name, as a user would import it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from satseg.model import build_sat, build_text_encoder
+from satseg.model.checkpoint import write_official_checkpoint
+
+
+def make_tiny_official(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny model in the released SAT file layout (random weights)."""
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    seg = write_official_checkpoint(build_sat("tiny", deep_supervision=True), folder / "tiny.pth", step=1)
+    text = write_official_checkpoint(build_text_encoder("tiny"), folder / "tiny_text_encoder.pth", text=True, step=1)
+    return seg, text
+
+
+def run_cli(*args: str, env: dict | None = None, stdin: str | None = None, timeout: int = 600):
+    """Run ``python -m satseg.cli.main ARGS`` in a subprocess; return the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "satseg.cli.main", *args], capture_output=True, text=True,
+                          env=env, input=stdin, timeout=timeout)
