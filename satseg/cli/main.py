@@ -82,7 +82,9 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int):  # click returns the code of a typer.Exit in non-standalone mode
+            return result
     except SatsegError as exc:
         from satseg.cli._console import error_line
 

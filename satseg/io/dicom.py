@@ -157,6 +157,8 @@ def _convert_dicom2nifti(files: list[str]) -> Volume:
 def _convert_sitk(folder: Path, uid: str, files: list[str]) -> Volume:
     import SimpleITK as sitk
 
+    sitk.ProcessObject.SetGlobalWarningDisplay(logging.getLogger("satseg").isEnabledFor(logging.DEBUG))
+
     from satseg.io.readers import itk_to_volume
 
     reader = sitk.ImageSeriesReader()

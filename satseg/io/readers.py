@@ -193,6 +193,8 @@ def _load_nifti(path: Path):
 def _read_itk(path: Path, volume: int | None) -> Volume:
     import SimpleITK as sitk
 
+    sitk.ProcessObject.SetGlobalWarningDisplay(logging.getLogger("satseg").isEnabledFor(logging.DEBUG))
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
