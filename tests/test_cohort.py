@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 
 from pipeline_helpers import make_tiny_official, run_cli
@@ -29,12 +30,21 @@ def env(tmp_path_factory, mpnet_dir):
     return env
 
 
+@pytest.fixture(scope="module")
+def small_scan(tmp_path_factory, reference_files) -> Path:
+    """A 120 × 120 × 90 mm piece of the real CT (its affine kept right by nibabel's slicer): few windows."""
+    image = nib.load(reference_files / "example_ct_sm.nii.gz")
+    path = tmp_path_factory.mktemp("scan") / "small.nii.gz"
+    nib.save(image.slicer[40:80, 30:70, :], path)
+    return path
+
+
 @pytest.fixture()
-def cohort(tmp_path, reference_files):
+def cohort(tmp_path, small_scan):
     folder = tmp_path / "cohort"
     folder.mkdir()
-    shutil.copy(reference_files / "example_ct_sm.nii.gz", folder / "a.nii.gz")
-    shutil.copy(reference_files / "example_ct_sm.nii.gz", folder / "b.nii.gz")
+    shutil.copy(small_scan, folder / "a.nii.gz")
+    shutil.copy(small_scan, folder / "b.nii.gz")
     (folder / "c.nii.gz").write_bytes(b"this is not a scan")
     return folder
 
@@ -117,11 +127,11 @@ def test_shards_split_a_real_cohort_run(env, cohort, tmp_path):
     assert visible(out) == ["a", "b"]
 
 
-def test_killed_cohort_leaves_no_partial_output_and_rerun_completes(env, reference_files, tmp_path):
+def test_killed_cohort_leaves_no_partial_output_and_rerun_completes(env, small_scan, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(6):
-        shutil.copy(reference_files / "example_ct_sm.nii.gz", folder / f"s{i}.nii.gz")
+        shutil.copy(small_scan, folder / f"s{i}.nii.gz")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "satseg.cli.main", "batch", str(folder), "-p", "liver", "-p", "spleen",
            "-o", str(out), "--model", "tiny-test", "--statistics"]

@@ -128,3 +128,22 @@ def test_python_api_returns_nibabel_images(tiny_env, reference_files, monkeypatc
     assert list(images) == ["spleen"]
     assert isinstance(images["spleen"], nib.Nifti1Image)
     assert images["spleen"].shape == nib.load(reference_files / "example_ct_sm.nii.gz").shape
+
+
+def test_text_embeddings_are_cached_on_disk_per_model_term_and_modality(mpnet_dir, tmp_path):
+    torch.manual_seed(0)
+    text = build_text_encoder("tiny")
+    tokenizer = SATTokenizer(mpnet_dir)
+    first = Predictor(build_sat("tiny"), text, tokenizer, embedding_cache=tmp_path, cache_key="model-a")
+    computed = first.embed(["liver", "spleen"], "ct")
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    # A fresh predictor with the same key reads the cache: it never calls the text encoder.
+    second = Predictor(build_sat("tiny"), text, tokenizer, embedding_cache=tmp_path, cache_key="model-a")
+    second.text_encoder.encode = None  # any call would fail
+    torch.testing.assert_close(second.embed(["liver", "spleen"], "ct"), computed, rtol=0, atol=0)
+    del text.encode  # back to the real method
+    # Another modality or another model is another entry.
+    other = Predictor(build_sat("tiny"), text, tokenizer, embedding_cache=tmp_path, cache_key="model-b")
+    other.embed(["liver"], "mri")
+    other.embed(["liver"], "ct")
+    assert len(list(tmp_path.glob("*.pt"))) == 4

@@ -37,7 +37,6 @@ def setup_logging(level: int = logging.WARNING) -> None:
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
-    logger.propagate = False
     _configured = True
 
 
