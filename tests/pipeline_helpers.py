@@ -25,3 +25,15 @@ def run_cli(*args: str, env: dict | None = None, stdin: str | None = None, timeo
     """Run ``python -m satseg.cli.main ARGS`` in a subprocess; return the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "satseg.cli.main", *args], capture_output=True, text=True,
                           env=env, input=stdin, timeout=timeout)
+
+
+def tiny_model_env(home: Path, mpnet_dir: Path) -> dict:
+    """Environment with a SATSEG_HOME where a tiny model is imported as 'tiny-test' (the air-gapped path)."""
+    import os
+
+    seg, text = make_tiny_official(home / "files")
+    env = dict(os.environ, SATSEG_HOME=str(home), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"))
+    done = run_cli("weights", "import", "--name", "tiny-test", "--variant", "tiny", "--checkpoint", str(seg),
+                   "--text-checkpoint", str(text), "--tokenizer", str(mpnet_dir), env=env)
+    assert done.returncode == 0, done.stderr
+    return env

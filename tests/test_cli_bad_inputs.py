@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
@@ -12,18 +11,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline_helpers import make_tiny_official, run_cli
+from pipeline_helpers import run_cli, tiny_model_env
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, mpnet_dir):
-    home = tmp_path_factory.mktemp("home")
-    seg, text = make_tiny_official(home / "files")
-    env = dict(os.environ, SATSEG_HOME=str(home), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"))
-    done = run_cli("weights", "import", "--name", "tiny-test", "--variant", "tiny", "--checkpoint", str(seg),
-                   "--text-checkpoint", str(text), "--tokenizer", str(mpnet_dir), env=env)
-    assert done.returncode == 0, done.stderr
-    return env
+    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
 
 
 def _nifti(path: Path, data: np.ndarray, affine=None) -> Path:

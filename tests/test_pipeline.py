@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipeline_helpers import make_tiny_official, run_cli
+from pipeline_helpers import run_cli, tiny_model_env
 from satseg.inference.options import RuntimeOptions, ScanOptions
 from satseg.inference.predictor import Predictor
 from satseg.model import build_sat, build_text_encoder
@@ -28,14 +26,7 @@ def predictor(mpnet_dir):
 
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory, mpnet_dir):
-    """A SATSEG_HOME with a tiny model imported as 'tiny-test' (the air-gapped import path)."""
-    home = tmp_path_factory.mktemp("satseg-home")
-    seg, text = make_tiny_official(home / "files")
-    env = dict(os.environ, SATSEG_HOME=str(home), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"))
-    done = run_cli("weights", "import", "--name", "tiny-test", "--variant", "tiny", "--checkpoint", str(seg),
-                   "--text-checkpoint", str(text), "--tokenizer", str(mpnet_dir), env=env)
-    assert done.returncode == 0, done.stderr
-    return env
+    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
 
 
 def test_masks_come_back_on_the_input_grid_for_a_ras_ct(predictor, reference_files):

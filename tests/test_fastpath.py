@@ -1,0 +1,108 @@
+"""The fast path's pieces: identical windows found exactly, only the box decoded, fast and parallel gzip writes."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from satseg.inference.fastpath import accumulation_place, crop_per_pixel, group_identical_windows
+from satseg.inference.windows import window_slices
+from satseg.io.volume import Volume
+from satseg.model import build_sat
+from satseg.outputs import masks as masks_module
+from satseg.outputs.masks import write_mask, write_masks
+
+WINDOW, STRIDE = (8, 8, 4), (4, 4, 2)
+
+
+def test_windows_with_identical_padded_content_are_grouped_in_order_of_first_appearance():
+    volume = torch.full((24, 8, 4), -1.5)  # "air" everywhere...
+    volume[:8] = torch.randn(8, 8, 4)  # ...except the first window
+    boxes = window_slices(volume.shape, WINDOW, STRIDE)  # starts 0, 4, 8, 12, 16 along the first axis
+    groups = group_identical_windows(volume, boxes, WINDOW)
+    assert [len(g) for g in groups] == [1, 1, 3]
+    assert groups[0][0] == boxes[0] and groups[2] == boxes[2:]
+    assert sum(groups, []) == [boxes[0], boxes[1], *boxes[2:]]
+
+
+def test_windows_differing_in_one_voxel_are_not_grouped():
+    volume = torch.full((24, 8, 4), -1.5)
+    volume[14, 3, 1] = -1.4999  # one voxel, inside the windows starting at rows 8 and 12 only
+    groups = group_identical_windows(volume, window_slices(volume.shape, WINDOW, STRIDE), WINDOW)
+    assert [[box[0].start for box in g] for g in groups] == [[0, 4, 16], [8], [12]]
+
+
+def test_a_zero_padded_short_box_matches_a_full_window_only_when_that_one_ends_in_zeros():
+    volume = torch.zeros(12, 8, 4)
+    volume[:6] = -1.5
+    short = (slice(0, 6), slice(0, 8), slice(0, 4))  # padded with zeros to 8 rows: equals rows 0..8 here
+    full = (slice(0, 8), slice(0, 8), slice(0, 4))
+    assert group_identical_windows(volume, [short, full], WINDOW) == [[short, full]]
+    volume[6] = 0.25
+    assert group_identical_windows(volume, [short, full], WINDOW) == [[short], [full]]
+
+
+def test_decoding_only_the_box_leaves_the_logits_inside_the_box_unchanged():
+    torch.manual_seed(0)
+    model = build_sat("tiny").eval()
+    with torch.inference_mode():
+        features = model.encode_image(torch.randn(1, 3, *model.config.window))
+        queries = torch.randn(2, model.config.query_dim)
+        full = model.decode(features, queries)
+        box = (slice(0, 40), slice(10, 74), slice(0, 20))  # 40 × 64 × 20 of a 64 × 64 × 32 window
+        cropped = model.decode(crop_per_pixel(features, [box]), queries)
+    assert cropped.shape == (1, 2, 40, 64, 20)
+    torch.testing.assert_close(cropped, full[:, :, :40, :64, :20], rtol=0, atol=1e-5)
+
+
+def test_without_a_gpu_the_sums_stay_on_the_cpu_in_float32():
+    assert accumulation_place(torch.device("cpu"), 100, (512, 512, 300)) == (torch.device("cpu"), torch.float32)
+
+
+def _volume(shape=(40, 30, 20)) -> Volume:
+    affine = np.diag([0.8, 0.8, 1.5, 1.0])
+    affine[:3, 3] = [-10, 5, 30]
+    return Volume(array=np.zeros(shape, np.int16), affine=affine, header=nib.Nifti1Image(np.zeros(shape, np.int16), affine).header)
+
+
+def _backends() -> list[str]:
+    names = ["zlib"]
+    for module, name in (("isal", "isal"), ("zlib_ng", "zlib-ng")):
+        try:
+            __import__(module)
+            names.append(name)
+        except ImportError:
+            pass
+    return names
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_masks_compressed_by_each_available_gzip_are_standard_gzip_with_the_nibabel_payload(backend, tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(masks_module, "_COMPRESSOR", masks_module._make_compressor(backend))
+    volume = _volume()
+    mask = np.zeros(volume.shape, bool)
+    mask[5:20, 3:17, 2:9] = True
+    out = write_mask(mask, volume, tmp_path / "liver.nii.gz")
+    payload = gzip.decompress(out.read_bytes())  # the standard library reads it
+    reference = nib.load(write_mask(mask, volume, tmp_path / "liver.nii"))
+    assert payload == (tmp_path / "liver.nii").read_bytes()
+    back = nib.load(out)
+    assert np.array_equal(np.asanyarray(back.dataobj), mask.astype(np.uint8))
+    assert np.allclose(back.affine, reference.affine)
+    assert masks_module.gzip_backend() == backend
+
+
+def test_parallel_writing_gives_the_same_files_as_writing_one_at_a_time(tmp_path):
+    volume = _volume()
+    rng = np.random.default_rng(0)
+    masks = {f"organ_{i}": rng.random(volume.shape) > 0.7 for i in range(6)}
+    paths = write_masks(masks, volume, tmp_path / "parallel", workers=3)
+    assert [p.name for p in paths] == [f"organ_{i}.nii.gz" for i in range(6)]
+    for name, mask in masks.items():
+        one = write_mask(mask, volume, tmp_path / "serial" / f"{name}.nii.gz")
+        assert gzip.decompress(one.read_bytes()) == gzip.decompress((tmp_path / "parallel" / one.name).read_bytes())
