@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from satseg import weights
 from satseg.cli.main import main
 from satseg.errors import CheckpointError
 from satseg.model import build_sat, build_text_encoder
+from satseg.model.config import TextConfig, get_config
 from satseg.model.checkpoint import load_satseg_weights, read_satseg_metadata, write_official_checkpoint
 from satseg.training.export import convert_official, export_training_checkpoint, manifest_entry
 
@@ -117,6 +119,46 @@ def test_cli_export_registers_a_name_that_segments_a_real_ct_at_once(trained, en
     assert mask.shape == nib.load(scan).shape
 
 
+@pytest.fixture(scope="module")
+def trained_mixed(tmp_path_factory, mpnet_dir):
+    """A run whose text tower differs from the variant's preset (as fit builds a tiny U-Net with MPNet's tower),
+    recording its architecture (``model_config``) and tokenizer folder."""
+    config = replace(get_config("tiny"), text=TextConfig(hidden=32, layers=1, heads=2, intermediate=64))
+    torch.manual_seed(4)
+    model, text = build_sat(config, deep_supervision=True), build_text_encoder(config)
+    path = tmp_path_factory.mktemp("mixed") / "latest.pt"
+    torch.save({"format": "satseg-train", "variant": "tiny", "model_config": config.to_dict(), "step": 5,
+                "model": model.state_dict(), "text_encoder": text.state_dict(), "tokenizer": str(mpnet_dir)}, path)
+    return path, model, text, config
+
+
+def test_a_run_with_its_own_architecture_exports_and_registers_with_its_recorded_tokenizer(trained_mixed, env,
+                                                                                           mpnet_dir):
+    path, model, text, config = trained_mixed
+    out = env / "mixed.safetensors"
+
+    assert main(["train", "export", "--checkpoint", str(path), "--name", "mixed", "--out", str(out)]) == 0
+
+    recorded = weights.satseg_file_config(read_satseg_metadata(out))
+    assert recorded == config
+    loaded_model, loaded_text = build_sat(recorded), build_text_encoder(recorded)
+    load_satseg_weights(loaded_model, loaded_text, out)
+    _assert_same_weights(model, text, loaded_model, loaded_text)
+    assert weights.resolve_model("mixed", download=False).tokenizer == mpnet_dir.resolve()
+
+
+def test_predictor_loads_an_exported_model_whose_architecture_differs_from_the_preset(trained_mixed, env):
+    from satseg.inference.predictor import Predictor
+
+    path = trained_mixed[0]
+    assert main(["train", "export", "--checkpoint", str(path), "--name", "mixed2",
+                 "--out", str(env / "mixed2.safetensors")]) == 0
+
+    predictor = Predictor.from_pretrained("mixed2", download=False)
+
+    _assert_same_weights(trained_mixed[1], trained_mixed[2], predictor.model, predictor.text_encoder)
+
+
 def test_a_changed_exported_file_is_refused_at_use(trained, env, mpnet_dir, capsys):
     path, _, _ = trained
     out = env / "m.safetensors"
@@ -130,7 +172,7 @@ def test_a_changed_exported_file_is_refused_at_use(trained, env, mpnet_dir, caps
         weights.resolve_model("m")
 
 
-def test_checkpoint_that_does_not_fit_the_variant_is_refused_naming_the_key(trained, tmp_path, capsys):
+def test_checkpoint_that_does_not_fit_the_variant_is_refused_naming_the_key(trained, tmp_path, mpnet_dir, capsys):
     path, model, text = trained
     state = dict(model.state_dict())
     state["mask_embed_proj.9.weight"] = state.pop("mask_embed_proj.0.weight")
@@ -140,7 +182,7 @@ def test_checkpoint_that_does_not_fit_the_variant_is_refused_naming_the_key(trai
 
     with pytest.raises(CheckpointError, match=r"missing \(first: mask_embed_proj\.0\.weight"):
         export_training_checkpoint(broken, tmp_path / "x.safetensors")
-    code = main(["train", "export", "--checkpoint", str(broken), "--name", "x", "--tokenizer", str(tmp_path),
+    code = main(["train", "export", "--checkpoint", str(broken), "--name", "x", "--tokenizer", str(mpnet_dir),
                  "--no-register", "--out", str(tmp_path / "x.safetensors")])
     err = capsys.readouterr().err
     assert code == 1 and "satseg: error:" in err and "mask_embed_proj.9.weight" in err
