@@ -32,7 +32,8 @@ class CrossAttentionLayer(nn.Module):
     def forward(self, queries: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """queries (N, B, dim), memory (T, B, dim), pos (T, 1|B, dim) → (N, B, dim)."""
         q = self.norm2(queries)
-        attended = self.multihead_attn(query=q, key=memory + pos, value=memory, need_weights=False)[0]
+        # need_weights=True takes the same (unfused) attention path as upstream SAT: bit-identical logits.
+        attended = self.multihead_attn(query=q, key=memory + pos, value=memory, need_weights=True)[0]
         queries = queries + self.dropout2(attended)
         q = self.norm3(queries)
         return queries + self.dropout3(self.linear2(self.dropout(torch.relu(self.linear1(q)))))
