@@ -153,15 +153,22 @@ class Predictor:
         from satseg.model.text import SATTokenizer
 
         files = weights.resolve_model(name, download=download)
-        model = build_sat(files.variant, device="meta")
-        text = build_text_encoder(files.variant, device="meta")
+        architecture = files.variant
+        if files.format == "satseg-safetensors":  # a trained model may differ from its variant's preset
+            from satseg.model.checkpoint import read_satseg_metadata
+
+            architecture = weights.satseg_file_config(read_satseg_metadata(files.checkpoint))
+        model = build_sat(architecture, device="meta")
+        text = build_text_encoder(architecture, device="meta")
         if files.format == "satseg-safetensors":
             load_satseg_weights(model, text, files.checkpoint, assign=True)
         else:
             load_segmentation_checkpoint(model, files.checkpoint, assign=True)
             load_text_checkpoint(text, files.text_checkpoint, assign=True)
         tokenizer = SATTokenizer(files.tokenizer, max_tokens=model.config.text.max_tokens)
-        identity = f"{files.name}:{files.checkpoint.stat().st_size}:{files.text_checkpoint.stat().st_size}"
+        # Cached text embeddings belong to these exact files: a replaced file is a new key.
+        identity = ":".join([files.name] + [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                           for p in (files.checkpoint, files.text_checkpoint)])
         return cls(model, text, tokenizer, name=name, runtime=runtime,
                    embedding_cache=weights.satseg_home() / "cache" / "text-embeddings", cache_key=identity)
 
@@ -240,33 +247,16 @@ class Predictor:
                 raise
 
     def _sliding_window(self, image: np.ndarray, queries: torch.Tensor, batch: int, progress) -> torch.Tensor:
-        from satseg.inference.aggregate import ProbabilityAccumulator
-        from satseg.inference.windows import extract_windows, window_slices
+        """One sliding-window pass (``fastpath.sliding_window``): identical windows run once, only boxes decoded."""
+        from satseg.inference.fastpath import WindowStats, prepare_layout, sliding_window
 
+        if getattr(self, "_layout_for", None) != (self.device, self.autocast):
+            self.model = prepare_layout(self.model, self.device, self.autocast)
+            self._layout_for = (self.device, self.autocast)
         volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        boxes = window_slices(tuple(volume.shape), self.window, self.stride)
-        n = queries.shape[0]
-        accumulator = ProbabilityAccumulator(tuple(volume.shape), n, window=self.window, device="cpu", boxes=boxes)
-        chunk = max(1, self.runtime.prompt_chunk)
-        queries = queries.to(self.device)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            for first in range(0, len(boxes), batch):
-                group = boxes[first:first + batch]
-                patches = extract_windows(volume, group, self.window).to(self.device)
-                patches = patches.expand(-1, 3, -1, -1, -1).contiguous()
-                features = self.model.encode_image(patches)
-                for start in range(0, n, chunk):
-                    stop = min(n, start + chunk)
-                    logits = self.model.decode(features, queries[start:stop].to(features.tokens.dtype))
-                    probs = torch.sigmoid(logits.float())
-                    for box, window_probs in zip(group, probs):
-                        accumulator.add(box, window_probs, prompts=slice(start, stop))
-                del features
-                if progress is not None:
-                    progress(min(first + batch, len(boxes)), len(boxes))
-        return accumulator.finalize()
+        self.window_stats = WindowStats()
+        return sliding_window(self.model, volume, queries, device=self.device, autocast=self.autocast, batch=batch,
+                              prompt_chunk=self.runtime.prompt_chunk, progress=progress, stats=self.window_stats)
 
     # -- the whole job -------------------------------------------------------------------------------
 

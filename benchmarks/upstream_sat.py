@@ -1,0 +1,134 @@
+"""Run upstream SAT's own inference pipeline on the CPU in fp32, per stage, for a side-by-side with benchmarks/run.py.
+
+    python benchmarks/upstream_sat.py --upstream /tmp/sat-upstream --variant nano --case ct_sm --prompts 1 10
+
+Nothing of upstream is copied: its modules are imported from ``--upstream`` (a checkout of
+github.com/zhaoziheng/SAT) and run as they are — ``data/inference_dataset.py`` (MONAI loading, orientation,
+1×1×3 mm spacing, foreground crop, normalisation, ``split_3d``), ``model/maskformer.py`` and
+``model/text_encoder.py`` (random weights), ``evaluate/inference_engine.py:inference`` (Gaussian aggregation,
+thresholding, writing). Upstream assumes CUDA and DDP; at run time only (never in their files) this harness
+makes ``DistributedDataParallel`` and ``convert_sync_batchnorm`` pass the module through, makes
+``torch.cuda.current_device()`` answer ``"cpu"``, points the text tower at the local MPNet folder, and sets
+``RANK=0``. ``torch.cuda.amp.autocast`` is inactive without CUDA: everything runs in fp32.
+
+Needs monai, einops, positional_encodings (pip) and the vendored dynamic-network-architectures (put on
+``sys.path`` from the checkout). Stages are timed by wrapping upstream functions: read (MONAI LoadImaged),
+preprocess (the rest of ``load_image`` + ``split_3d`` + batching), text (``Text_Encoder.forward``), backbone
+(``Maskformer.vision_backbone_forward``), decode + aggregate (the rest of the inference loop), write
+(``nib.save``). Upstream has no "back to input grid" stage: it writes on the processed grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import CASES, DATA, PeakRSS, ct_prompts, machine, synthetic_ct
+
+BACKBONES = {"nano": "UNET", "pro": "UNET-L"}
+
+
+class Timers(dict):
+    def wrap(self, owner, name: str, stage: str):
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self[stage] = self.get(stage, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+
+def patch_upstream(upstream: Path, timers: Timers):
+    """Import upstream's modules from ``upstream`` and adapt them to a CPU-only, single-process run."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(upstream / "model" / "dynamic-network-architectures-main"))
+    sys.path.insert(0, str(upstream))
+    torch.nn.parallel.DistributedDataParallel = lambda module, *a, **k: module
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(lambda module, *a, **k: module)
+    torch.cuda.current_device = lambda: "cpu"
+
+    import monai
+    import nibabel
+    from data import inference_dataset
+    from evaluate import inference_engine
+    from model import knowledge_encoder, maskformer, text_encoder
+
+    knowledge_encoder.Knowledge_Encoder.__init__.__defaults__ = (str(DATA / "all-mpnet-base-v2"),)
+    timers.wrap(monai.transforms.LoadImaged, "__call__", "read")
+    timers.wrap(inference_dataset.Inference_Dataset, "__getitem__", "read+preprocess")
+    timers.wrap(text_encoder.Text_Encoder, "forward", "text")
+    timers.wrap(maskformer.Maskformer, "vision_backbone_forward", "backbone")
+    timers.wrap(maskformer.Maskformer, "infer_forward", "decode")
+    timers.wrap(inference_engine, "inference", "inference")
+    timers.wrap(nibabel, "save", "write")
+    inference_engine.nib = nibabel
+    return inference_dataset, inference_engine, maskformer, text_encoder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, type=Path, help="checkout of github.com/zhaoziheng/SAT")
+    parser.add_argument("--variant", default="nano", choices=sorted(BACKBONES))
+    parser.add_argument("--case", default="ct_sm", choices=[*CASES, "synthetic"])
+    parser.add_argument("--prompts", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--json", default="benchmarks/results/upstream.json")
+    args = parser.parse_args(argv)
+
+    timers = Timers()
+    inference_dataset, inference_engine, maskformer, text_encoder = patch_upstream(args.upstream.resolve(), timers)
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = maskformer.Maskformer(BACKBONES[args.variant], [288, 288, 96], [32, 32, 32], False).eval()
+    text = text_encoder.Text_Encoder(text_encoder="ours", device=torch.device("cpu"), gpu_id=None).eval()
+    build_s = time.perf_counter() - start
+    scan = CASES.get(args.case) or synthetic_ct(Path(tempfile.gettempdir()) / "satseg-bench" / "synthetic_ct.nii.gz")
+    out_json = Path(args.json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(out_json.read_text())["rows"] if out_json.is_file() else []
+    info = machine()
+    for n in args.prompts:
+        timers.clear()
+        with tempfile.TemporaryDirectory() as tmp:
+            jsonl = Path(tmp) / "cases.jsonl"
+            jsonl.write_text(json.dumps({"image": str(scan), "label": ct_prompts(n), "modality": "ct",
+                                         "dataset": "bench"}) + "\n")
+            dataset = inference_dataset.Inference_Dataset(str(jsonl), max_queries=256, batch_size=1)
+            loader = DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=inference_dataset.collate_fn)
+            (Path(tmp) / "out").mkdir()  # upstream's inference.py creates --rcd_dir before inference()
+            begin = time.perf_counter()
+            with PeakRSS() as rss, contextlib.redirect_stdout(sys.stderr):
+                inference_engine.inference(model=model, text_encoder=text, device=torch.device("cpu"),
+                                           testset=dataset, testloader=loader, nib_dir=str(Path(tmp) / "out"))
+            total = time.perf_counter() - begin
+        read = timers.get("read", 0.0)
+        loop = timers["inference"] - timers["read+preprocess"]
+        stages = {"read": read, "preprocess": timers["read+preprocess"] - read, "text": timers.get("text", 0.0),
+                  "backbone": timers["backbone"],
+                  "decode_aggregate": loop - timers.get("text", 0.0) - timers["backbone"] - timers.get("write", 0.0),
+                  "to_input_grid": 0.0, "write": timers.get("write", 0.0)}
+        row = {"variant": args.variant, "case": args.case, "prompts": n, "device": "cpu", "precision": "float32",
+               "pipeline": "upstream SAT", "total_s": total, "stages_s": stages, "peak_rss_gib": rss.peak / 2**30,
+               "build_s": build_s, "loadavg": os.getloadavg(), "threads": torch.get_num_threads()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out_json.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
