@@ -94,7 +94,7 @@ def is_complete(out_dir: Path, prompts: list[str] | None = None, model: str | No
 
 def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: dict | None = None) -> list[Path]:
     """Write a :class:`~satseg.inference.predictor.Segmentation` into ``out_dir``; return the final paths."""
-    from satseg.outputs.masks import write_mask, write_probability
+    from satseg.outputs.masks import write_masks, write_probability
     from satseg.outputs.multilabel import legend_sidecar_path, write_multilabel
     from satseg.outputs.preview import write_preview
     from satseg.outputs.report import write_report
@@ -107,8 +107,7 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
     try:
         written: list[str] = []
         if options.masks:
-            for name, mask in seg.masks.items():
-                written.append(write_mask(mask, seg.volume, staging / f"{name}.nii.gz").name)
+            written += [path.name for path in write_masks(seg.masks, seg.volume, staging)]
         if options.probabilities and seg.probabilities:
             (staging / "probabilities").mkdir()
             (out_dir / "probabilities").mkdir(exist_ok=True)
