@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 from test_train_fit import FAST, TINY, build_example_cache
 
@@ -62,7 +61,7 @@ def test_two_cpu_ranks_under_torchrun_end_with_identical_weights(reference_files
                str(TINY), str(cache), str(run), str(mpnet_dir), "3", *overrides,
                "batch.accumulate=2"]  # also exercises no_sync on the first micro-batch
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2] and [r["step"] for r in reports] == [3, 3]
