@@ -570,18 +570,14 @@ def satseg_file_config(metadata: dict):
     Falls back to the preset of the recorded variant for files without a ``config`` entry. A trained model
     may differ from its variant's preset (e.g. a tiny U-Net with the 768-d MPNet text tower).
     """
-    from dataclasses import fields
 
     from satseg.errors import CheckpointError
-    from satseg.model.config import SATConfig, TextConfig, get_config
+    from satseg.model.config import SATConfig, get_config
 
     if "config" not in metadata:
         return get_config(metadata.get("variant", ""))
     try:
-        data = json.loads(metadata["config"])
-        tuples = {f.name for f in fields(SATConfig) if f.name in ("features", "mid_mask_hidden", "window", "stride")}
-        values = {k: (tuple(v) if k in tuples else v) for k, v in data.items() if k != "text"}
-        return SATConfig(**values, text=TextConfig(**data["text"]))
+        return SATConfig.from_dict(json.loads(metadata["config"]))
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"the architecture recorded in the file's metadata is unreadable: {exc}") from None
 

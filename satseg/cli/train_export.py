@@ -15,7 +15,7 @@ def command(
     name: str = typer.Option(..., "--name", help="Model name to register (then: satseg scan.nii.gz --model NAME)."),
     tokenizer: Path = typer.Option(None, "--tokenizer", help="Tokenizer folder (BioLORD-2023-C / all-mpnet-base-v2); "
                                    "default for --checkpoint: the folder the training run used."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Training checkpoint (RUN/checkpoint.pt) of "
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Training checkpoint (RUN/checkpoints/latest.pt) of "
                                     "`satseg train fit`."),
     official: Path = typer.Option(None, "--official", help="Or: a released SAT segmentation checkpoint (.pth)."),
     text_checkpoint: Path = typer.Option(None, "--text-checkpoint", help="With --official: its paired text encoder."),

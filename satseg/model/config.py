@@ -69,6 +69,13 @@ class SATConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SATConfig:
+        """Inverse of :meth:`to_dict` (JSON lists back to tuples)."""
+        tuples = {"features", "mid_mask_hidden", "window", "stride"}
+        values = {k: (tuple(v) if k in tuples else v) for k, v in data.items() if k != "text"}
+        return cls(**values, text=TextConfig(**data["text"]))
+
 
 NANO = SATConfig(
     name="nano",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -111,11 +110,9 @@ def restore_rng(state: dict) -> None:
 
 def model_config_from_dict(data: dict):
     """Inverse of ``SATConfig.to_dict()``."""
-    from satseg.model.config import SATConfig, TextConfig
+    from satseg.model.config import SATConfig
 
-    tuples = {f.name for f in fields(SATConfig) if f.name in ("features", "mid_mask_hidden", "window", "stride")}
-    values = {k: (tuple(v) if k in tuples else v) for k, v in data.items() if k != "text"}
-    return SATConfig(**values, text=TextConfig(**data["text"]))
+    return SATConfig.from_dict(data)
 
 
 def build_from_checkpoint(payload: dict, *, deep_supervision: bool = False, device: str | torch.device = "cpu"):
