@@ -264,3 +264,16 @@ def test_hub_form_entry_is_a_valid_manifest_entry_with_one_file_and_the_tokenize
     assert parsed.tokenizer.repo == "me/sat-tiny"
     assert set(parsed.tokenizer.files) == {"tokenizer_config.json", "vocab.txt"}
     assert set(parsed.tokenizer.optional_files) == {"tokenizer.json", "special_tokens_map.json"}
+
+
+def test_weights_import_registers_a_satseg_safetensors_file(tmp_path, mpnet_dir, monkeypatch):
+    from satseg.model.checkpoint import save_satseg_weights
+
+    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "home"))
+    path = save_satseg_weights(build_sat("tiny"), build_text_encoder("tiny"), tmp_path / "site.safetensors")
+    assert main(["weights", "import", "--name", "site-tiny", "--checkpoint", str(path),
+                 "--tokenizer", str(mpnet_dir)]) == 0
+    files = weights.resolve_model("site-tiny", download=False)
+    assert files.format == "satseg-safetensors" and files.checkpoint == path.resolve()
+    assert main(["weights", "import", "--name", "x", "--checkpoint", str(tmp_path / "a.pth"),
+                 "--tokenizer", str(mpnet_dir)]) == 2

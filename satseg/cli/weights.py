@@ -138,15 +138,22 @@ def hash_(files: list[Path] = typer.Argument(..., help="Files to hash.")) -> Non
 @app.command("import")
 def import_(
     name: str = typer.Option(..., "--name", help="Name to register (then usable as --model NAME)."),
-    variant: str = typer.Option(..., "--variant", help="Architecture: nano or pro (tiny for tests)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Official segmentation checkpoint (.pth)."),
-    text_checkpoint: Path = typer.Option(..., "--text-checkpoint", help="Its paired text-encoder checkpoint."),
+    checkpoint: Path = typer.Option(..., "--checkpoint",
+                                    help="Official segmentation checkpoint (.pth), or a satseg .safetensors file."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer folder (BioLORD-2023-C / MPNet)."),
+    variant: str = typer.Option(None, "--variant", help="Architecture of a .pth: nano or pro (tiny for tests)."),
+    text_checkpoint: Path = typer.Option(None, "--text-checkpoint", help="The .pth's paired text-encoder checkpoint."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an earlier import of the same name."),
 ) -> None:
-    """Validate local official-format files (strict load) and register them under a name."""
+    """Validate local weights (strict load) and register them under a name."""
     from satseg import weights
+    from satseg.errors import InputError
 
-    entry = weights.import_model(name, variant, checkpoint, text_checkpoint, tokenizer, replace=replace)
+    if checkpoint.name.endswith(".safetensors"):
+        entry = weights.import_satseg_weights(name, checkpoint, tokenizer, replace=replace)
+    else:
+        if variant is None or text_checkpoint is None:
+            raise InputError("an official .pth checkpoint needs --variant and --text-checkpoint")
+        entry = weights.import_model(name, variant, checkpoint, text_checkpoint, tokenizer, replace=replace)
     typer.echo(f"registered {entry.name} ({entry.variant}) in {weights.satseg_home() / 'models.json'}; "
                f"use it with --model {entry.name}")
