@@ -124,3 +124,15 @@ def test_deep_supervision_returns_four_scales():
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 64, 64, 32), torch.randn(3, model.config.query_dim))
     assert [tuple(o.shape[2:]) for o in outs] == [(64, 64, 32), (32, 32, 16), (16, 16, 8), (8, 8, 4)]
+
+
+def test_memory_saving_decoder_path_gives_the_same_values():
+    torch.manual_seed(3)
+    model = build_sat("tiny", deep_supervision=True).eval()
+    image = torch.randn(1, 3, 64, 64, 32)
+    with torch.no_grad():
+        _, reference = model.backbone(image, all_scales=True)
+        features = model.encode_image(image)
+    assert len(features.per_pixel) == len(reference) == 5  # full, /2, /4, /8, /16
+    for got, expected in zip(features.per_pixel, reference):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

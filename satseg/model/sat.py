@@ -72,14 +72,17 @@ class SAT(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
         """image: (B, 3, H, W, D), H, W, D divisible by 32 (288×288×96 for the released models)."""
-        skips, outs = self.backbone(image, all_scales=self.deep_supervision)
+        skips = self.backbone.encoder(image)
         bottom = skips[-1]
         grid = tuple(bottom.shape[2:])
         pooled = [F.avg_pool3d(s, kernel_size=2 ** (5 - i), stride=2 ** (5 - i)) for i, s in enumerate(skips[:-1])]
         multiscale = torch.cat([*pooled, bottom], dim=1)  # (B, C_tok, h, w, d)
+        del pooled, bottom
         tokens = self.projection_layer(multiscale.permute(0, 2, 3, 4, 1))  # (B, h, w, d, dim)
         tokens = tokens.flatten(1, 3).transpose(0, 1)  # (T, B, dim), token order (h w d)
         pos = self.positional_encoding(grid, tokens.device, tokens.dtype)
+        # The tokens are made: the decoder may now free each skip as soon as it has used it.
+        outs = self.backbone.decoder(skips, all_scales=self.deep_supervision, consume=True)
         return ImageFeatures(tokens=tokens, pos=pos, per_pixel=outs)
 
     # -- prompt side --------------------------------------------------------------------------------

@@ -69,13 +69,23 @@ class Decoder(nn.Module):
             StackedConvs(n_convs, 2 * features[n - 2 - s], features[n - 2 - s]) for s in range(n - 1)
         )
 
-    def forward(self, skips: list[torch.Tensor], all_scales: bool) -> list[torch.Tensor]:
-        """Decoder outputs, highest resolution first: [full, /2, /4, /8, /16] (or [full] only)."""
+    def forward(self, skips: list[torch.Tensor], all_scales: bool, consume: bool = False) -> list[torch.Tensor]:
+        """Decoder outputs, highest resolution first: [full, /2, /4, /8, /16] (or [full] only).
+
+        ``consume=True`` drops each skip from the list once it is used, and no intermediate tensor is kept
+        longer than needed: the same values, with a far lower memory peak at full resolution.
+        """
         x = skips[-1]
+        if consume:
+            skips[-1] = None
         outs = []
         for s, (up, stage) in enumerate(zip(self.transpconvs, self.stages)):
-            x = up(x)
-            x = stage(torch.cat((x, skips[-(s + 2)]), dim=1))
+            skip = skips[-(s + 2)]
+            if consume:
+                skips[-(s + 2)] = None
+            x = torch.cat((up(x), skip), dim=1)
+            del skip
+            x = stage(x)
             if all_scales or s == len(self.stages) - 1:
                 outs.append(x)
         return outs[::-1]
