@@ -532,6 +532,8 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
         model_config = get_config(variant)
     if text_source and Path(text_source).is_dir():
         model_config = replace(model_config, text=ckpt.text_config_from_mpnet(text_source))
+    if resumed is None:
+        model_config = with_training_window(model_config, config["data"]["crop_size"])
     sat = SAT(model_config, deep_supervision=bool(config["model"].get("deep_supervision", False)))
     text = TextEncoder(model_config.text, query_dim=model_config.query_dim)
 
@@ -549,6 +551,8 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
         ckpt.load_mpnet_folder(text, text_source)
     elif text_source and text_source != "random":
         load_text_checkpoint(text, text_source)
+    if text_source == "random" or (text_source and Path(text_source).is_dir()):
+        init_fresh_modality_embedding(text)
     block = config.get("text_encoder", {})
     freeze_text(text, int(block.get("open_bert_layer", 12)), bool(block.get("open_modality_embed", True)),
                 bool(block.get("train_projection", False)))
@@ -564,6 +568,25 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
     sampler = _build_sampler(config, options.cache, seed, info.rank)
     _seed_everything(seed, info.rank)  # dropout streams differ between ranks
     return _Built(model_config, sat, text, tokenizer, tokenizer_dir, sampler)
+
+
+def init_fresh_modality_embedding(text: nn.Module, std: float = 0.02) -> None:
+    """A modality embedding that no checkpoint provides starts at N(0, std²), not torch's N(0, 1).
+
+    Queries are ``projection(text) + modality_embed``: with N(0, 1) rows (norm ≈ 8 at width 64, ≈ 28 at 768)
+    the freshly initialised projection's output (norm ≈ 1) is a few percent of every query, so all prompts of a
+    modality start as one query (measured on the tiny preset: cosine 0.997-0.999 between spleen, liver and
+    both kidneys) and training learned organ-vs-background but not which organ. Small rows keep the prompts apart.
+    """
+    with torch.no_grad():
+        text.modality_embed.weight.normal_(0.0, std)
+
+
+def with_training_window(model_config, crop_size: Sequence[int]):
+    """The model's inference window is its training crop, at a stride of half a window (SAT's rule: 288×288×96
+    crops, 288×288×96 windows), so exported weights segment with the windows they were trained on."""
+    window = tuple(int(c) for c in crop_size)
+    return replace(model_config, window=window, stride=tuple(c // 2 for c in window))
 
 
 def _build_sampler(config: dict, cache: Path, seed: int, rank: int):
