@@ -261,3 +261,20 @@ def test_native_evaluation_reports_scans_whose_mask_is_gone_and_model_grid_still
     assert native.cases == [] and "--grid model" in native.failed[0]["reason"]
     model = evaluate_cache(tmp_path / "cache", oracle, grid="model")
     assert len(model.cases) == 3 and all(r.dice == 1.0 for r in model.cases)
+
+
+def test_training_checkpoint_is_served_with_the_architecture_fit_recorded(tmp_path, mpnet_dir):
+    from dataclasses import replace
+
+    import torch
+
+    from satseg.model import TINY, build_sat, build_text_encoder
+    from satseg.training.evaluate import load_training_checkpoint
+
+    config = replace(TINY, window=(128, 128, 32), stride=(64, 64, 16))
+    payload = {"format": "satseg-train", "variant": "tiny", "config": {}, "model_config": config.to_dict(),
+               "model": build_sat(config, deep_supervision=True).state_dict(),
+               "text_encoder": build_text_encoder(config).state_dict()}
+    torch.save(payload, tmp_path / "latest.pt")
+    predictor = load_training_checkpoint(tmp_path / "latest.pt", mpnet_dir)
+    assert predictor.window == (128, 128, 32) and predictor.stride == (64, 64, 16)

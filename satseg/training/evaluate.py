@@ -302,9 +302,16 @@ def load_training_checkpoint(path: str | Path, tokenizer_dir: str | Path, runtim
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
     if tokenizer_dir is None or not Path(tokenizer_dir).is_dir():
         raise InputError("--checkpoint needs --tokenizer DIR (the MPNet tokenizer folder, e.g. all-mpnet-base-v2)")
-    # Inference needs no deep-supervision heads: every other key must fit exactly.
-    model = build_sat(data["variant"], deep_supervision=False)
-    text = build_text_encoder(data["variant"])
+    # Inference needs no deep-supervision heads: every other key must fit exactly. The architecture is the one
+    # recorded by fit (it may differ from the variant's preset: window, text tower width), else the preset.
+    if isinstance(data.get("model_config"), dict):
+        from satseg.model.config import SATConfig
+
+        architecture = SATConfig.from_dict(data["model_config"])
+    else:
+        architecture = data["variant"]
+    model = build_sat(architecture, deep_supervision=False)
+    text = build_text_encoder(architecture)
     state = {k.removeprefix("module."): v for k, v in data["model"].items()}
     state = {k: v for k, v in state.items() if not k.startswith("mid_mask_embed_proj.")}
     try:
