@@ -33,22 +33,15 @@ def segment(scan, prompts: list[str] | str, *, model: str | Predictor = "sat-nan
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    scan_options = scan_options or ScanOptions()
-    prompt_options = prompt_options or PromptOptions()
     if isinstance(model, Predictor):
-        predictor = model
-        result = predictor.segment(scan, prompts, scan_options=scan_options, prompt_options=prompt_options,
-                                   probabilities=probabilities)
+        result = model.segment(scan, prompts, scan_options=scan_options, prompt_options=prompt_options,
+                               probabilities=probabilities)
     else:
         # Validate the scan and the prompts before any weights are loaded or downloaded.
-        from satseg.inference.prepare import prepare_prompts, prepare_scan
+        from satseg.inference.prepare import prepare_case
 
-        volume, modality, warnings = prepare_scan(scan if not isinstance(scan, (str, Path)) else Path(scan),
-                                                  scan_options)
-        resolutions, names = prepare_prompts(prompts, modality, prompt_options)
-        predictor = Predictor.from_pretrained(model, runtime)
-        result = predictor.segment_prepared(volume, modality, prompts, names, resolutions, scan_options,
-                                            prompt_options, probabilities=probabilities, warnings=warnings)
+        case = prepare_case(scan, prompts, scan_options, prompt_options)
+        result = Predictor.from_pretrained(model, runtime).segment_prepared(case, probabilities=probabilities)
     images = result.to_nifti()
     if not probabilities:
         return images

@@ -13,12 +13,10 @@ import logging
 
 import numpy as np
 
-from satseg.errors import InputError
 from satseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("ct", "mri", "pet")
 CT_WINDOW_HU = (-500.0, 1000.0)
 PERCENTILES = (0.5, 99.5)
 
@@ -51,12 +49,10 @@ def normalize(raw: np.ndarray, modality: str) -> np.ndarray:
 
 
 def check_modality(modality: str) -> str:
-    """Lower-case ``modality`` and check it is one the model knows (``"mr"`` is accepted for ``"mri"``)."""
-    value = str(modality).strip().lower()
-    value = {"mr": "mri", "pt": "pet"}.get(value, value)
-    if value not in MODALITIES:
-        raise InputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-    return value
+    """The modality the model knows (``"ct"``, ``"mri"``, ``"pet"``) for any spelling the vocabulary accepts."""
+    from satseg.vocabulary import normalize_modality
+
+    return normalize_modality(modality)
 
 
 def guess_modality(volume: Volume) -> tuple[str, str | None]:

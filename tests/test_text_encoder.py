@@ -45,17 +45,13 @@ def test_modality_codes_follow_sat():
 @pytest.fixture(scope="module")
 def mpnet_encoder(mpnet_dir):
     """Our text encoder with the real all-mpnet-base-v2 tower weights loaded strictly."""
-    from safetensors.torch import load_file
+    from satseg.model.checkpoint import load_mpnet_folder
 
     encoder = build_text_encoder("nano").eval()
-    weights = load_file(str(mpnet_dir / "model.safetensors"))
-    weights = {k.removeprefix("mpnet."): v for k, v in weights.items()}
-    weights.pop("embeddings.position_ids", None)
-    encoder.mpnet.load_state_dict(weights, strict=True)
+    load_mpnet_folder(encoder, mpnet_dir)
     return encoder
 
 
-@pytest.mark.slow
 def test_tower_config_reproduces_the_pretrained_mpnet(mpnet_dir, mpnet_encoder, tokenizer):
     """Our MPNet config (BioLORD-2023-C numbers) is the one all-mpnet-base-v2 was saved with."""
     from transformers import AutoModel

@@ -189,10 +189,10 @@ def test_open_layer_at_the_top_freezes_everything_and_minus_one_opens_every_laye
 def test_mpnet_folder_weights_load_into_the_nano_text_tower(mpnet_dir):
     from safetensors import safe_open
 
-    from satseg.training.text_pretrain import load_mpnet_weights
+    from satseg.model.checkpoint import load_mpnet_folder
 
     encoder = build_text_encoder("nano")
-    load_mpnet_weights(encoder, mpnet_dir)
+    load_mpnet_folder(encoder, mpnet_dir)
 
     with safe_open(str(mpnet_dir / "model.safetensors"), framework="pt") as fh:
         reference = fh.get_tensor("encoder.layer.11.output.dense.weight")

@@ -92,7 +92,7 @@ class _CohortRunner:
     def run(self, case, prompts: list[str], case_dir: Path, counter: str) -> None:
         from satseg.errors import SatsegError
         from satseg.inference.options import ScanOptions
-        from satseg.inference.prepare import prepare_prompts, prepare_scan
+        from satseg.inference.prepare import prepare_case
         from satseg.outputs.case import is_complete, run_report, write_segmentation
 
         started = time.perf_counter()
@@ -102,17 +102,12 @@ class _CohortRunner:
         try:
             scan_options = ScanOptions(modality=case.modality or self.modality,
                                        orientation=case.orientation or self.orientation)
-            volume, modality, warnings = prepare_scan(case.path, scan_options)
-            read_s = time.perf_counter() - started
-            resolutions, names = prepare_prompts(prompts, modality, self.prompt_options)
+            prepared = prepare_case(case.path, prompts, scan_options, self.prompt_options)
             if self.predictor is None:
                 from satseg.inference.predictor import Predictor
 
                 self.predictor = Predictor.from_pretrained(self.model, self.runtime)
-            result = self.predictor.segment_prepared(volume, modality, prompts, names, resolutions, scan_options,
-                                                     self.prompt_options, probabilities=self.options.probabilities,
-                                                     warnings=warnings)
-            result.timings = {"read": read_s, **result.timings}
+            result = self.predictor.segment_prepared(prepared, probabilities=self.options.probabilities)
             report = run_report(result, self.predictor, extra={"case": case.name}) if self.options.report else None
             write_segmentation(result, case_dir, self.options, report=report)
         except SatsegError as exc:

@@ -52,18 +52,16 @@ def segment(
     report: Path = typer.Option(None, "--report", help="Write a run report (JSON) to this path."),
 ) -> None:
     from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
-    from satseg.inference.prepare import prepare_prompts, prepare_scan
+    from satseg.inference.prepare import prepare_case
     from satseg.outputs.case import OutputOptions, check_output_dir, run_report, write_segmentation
 
     started = time.perf_counter()
     scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
     prompt_options = PromptOptions(free_text=free_text)
     # Everything the user can get wrong is checked before a model is loaded or the network is touched.
-    vol, mod, warnings = prepare_scan(scan, scan_options)
-    read_s = time.perf_counter() - started
-    resolutions, names = prepare_prompts(prompts or [], mod, prompt_options)
+    case = prepare_case(scan, prompts or [], scan_options, prompt_options)
     check_output_dir(out)
-    for warning in warnings:
+    for warning in case.warnings:
         log.warning(warning)
 
     from satseg.inference.predictor import Predictor
@@ -73,17 +71,12 @@ def segment(
     load_start = time.perf_counter()
     predictor = Predictor.from_pretrained(model, runtime)
     load_s = time.perf_counter() - load_start
-    result = predictor.segment_prepared(vol, mod, list(prompts), names, resolutions, scan_options, prompt_options,
-                                        probabilities=probabilities, warnings=warnings)
-    for warning in result.warnings[len(warnings):]:
-        log.warning(warning)
-    result.timings = {"read": read_s, "load_model": load_s, **result.timings}
+    result = predictor.segment_prepared(case, probabilities=probabilities)
+    result.timings = {"read": case.read_s, "load_model": load_s, **result.timings}
     options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
                             report=str(report) if report else None)
-    write_start = time.perf_counter()
     report_data = run_report(result, predictor) if report else None
     written = write_segmentation(result, out, options, report=report_data)
-    result.timings["write"] = time.perf_counter() - write_start
     found = sum(int(m.any()) for m in result.masks.values())
-    typer.echo(f"{vol.name}: {len(result.masks)} structure(s), {found} found, {len(written)} file(s) in {out} "
+    typer.echo(f"{case.volume.name}: {len(result.masks)} structure(s), {found} found, {len(written)} file(s) in {out} "
                f"({time.perf_counter() - started:.1f} s)")

@@ -264,31 +264,22 @@ class Predictor:
                 prompt_options: PromptOptions | None = None, probabilities: bool = False,
                 progress=None) -> Segmentation:
         """Segment ``prompts`` in ``scan``; masks come back on the scan's own grid."""
-        from satseg.inference.prepare import prepare_prompts, prepare_scan
+        from satseg.inference.prepare import prepare_case
 
-        scan_options = scan_options or ScanOptions()
-        prompt_options = prompt_options or PromptOptions()
-        clock = _Stopwatch()
-        with clock("read"):
-            volume, modality, warnings = prepare_scan(scan, scan_options)
-        resolutions, names = prepare_prompts(prompts, modality, prompt_options)
-        warnings += [w for r in resolutions for w in r["warnings"]]
-        return self.segment_prepared(volume, modality, prompts, names, resolutions, scan_options, prompt_options,
-                                     probabilities=probabilities, progress=progress, clock=clock, warnings=warnings)
+        case = prepare_case(scan, prompts, scan_options, prompt_options)
+        return self.segment_prepared(case, probabilities=probabilities, progress=progress)
 
-    def segment_prepared(self, volume: Volume, modality: str, prompts: list[str], names: list[str],
-                         resolutions: list[dict], scan_options: ScanOptions, prompt_options: PromptOptions, *,
-                         probabilities: bool = False, progress=None, clock: _Stopwatch | None = None,
-                         warnings: list[str] | None = None) -> Segmentation:
-        """:meth:`segment` after input validation and prompt resolution (what the CLI calls)."""
+    def segment_prepared(self, case, *, probabilities: bool = False, progress=None) -> Segmentation:
+        """:meth:`segment` for a :class:`~satseg.inference.prepare.PreparedCase` (validated, prompts resolved)."""
         from satseg.geometry import to_model_grid
         from satseg.inference.prepare import choose_orientation
         from satseg.intensity import normalize
 
-        clock = clock or _Stopwatch()
-        warnings = list(warnings or [])
+        volume, modality, resolutions, names = case.volume, case.modality, case.resolutions, case.names
+        clock = _Stopwatch()
+        clock.timings["read"] = case.read_s
         with clock("preprocess"):
-            orientation = choose_orientation(volume, scan_options.orientation)
+            orientation = choose_orientation(volume, case.scan_options.orientation)
             raw, record = to_model_grid(volume, orientation=orientation)
             image = normalize(raw, modality)
             del raw
@@ -306,11 +297,11 @@ class Predictor:
                 # A composite prompt ("kidneys") is the union of its terms: the voxel-wise maximum.
                 prob = term_probs[rows].amax(dim=0).numpy()
                 on_input = record.to_input_grid(prob, order="linear")
-                masks[name] = (on_input > prompt_options.threshold).astype(np.uint8)
+                masks[name] = (on_input > case.prompt_options.threshold).astype(np.uint8)
                 if maps is not None:
                     maps[name] = on_input.astype(np.float32)
         grid = record.to_dict()
-        grid["orientation_choice"] = scan_options.orientation
-        return Segmentation(volume=volume, prompts=list(prompts), names=names, resolutions=resolutions, masks=masks,
-                            probabilities=maps, modality=modality, grid=grid, timings=clock.timings,
-                            warnings=warnings, model=self.name)
+        grid["orientation_choice"] = case.scan_options.orientation
+        return Segmentation(volume=volume, prompts=list(case.prompts), names=names, resolutions=resolutions,
+                            masks=masks, probabilities=maps, modality=modality, grid=grid, timings=clock.timings,
+                            warnings=list(case.warnings), model=self.name)

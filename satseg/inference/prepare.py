@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +18,43 @@ log = logging.getLogger(__name__)
 
 # Files a case folder may hold besides the masks: no prompt may be named like them.
 RESERVED_NAMES = frozenset({"segmentation", "statistics", "preview", "report", "probabilities"})
+
+
+@dataclass
+class PreparedCase:
+    """A scan and its prompts, validated and resolved: everything a model needs, checked before it loads.
+
+    Attributes:
+        volume, modality: the scan as read and the modality the model will be told.
+        prompts, names, resolutions: the user's prompts, their output names and their resolution (dicts).
+        warnings: what reading the scan and resolving the prompts warned about.
+        read_s: seconds spent reading and validating the scan.
+    """
+
+    volume: Volume
+    modality: str
+    prompts: list[str]
+    names: list[str]
+    resolutions: list[dict]
+    scan_options: ScanOptions
+    prompt_options: PromptOptions
+    warnings: list[str] = field(default_factory=list)
+    read_s: float = 0.0
+
+
+def prepare_case(scan: Volume | str | Path, prompts: list[str], scan_options: ScanOptions | None = None,
+                 prompt_options: PromptOptions | None = None) -> PreparedCase:
+    """Read and validate ``scan``, settle its modality and resolve ``prompts`` (no model involved)."""
+    scan_options = scan_options or ScanOptions()
+    prompt_options = prompt_options or PromptOptions()
+    started = time.perf_counter()
+    volume, modality, warnings = prepare_scan(scan, scan_options)
+    read_s = time.perf_counter() - started
+    resolutions, names = prepare_prompts(list(prompts or []), modality, prompt_options)
+    warnings += [w for r in resolutions for w in r["warnings"]]
+    return PreparedCase(volume=volume, modality=modality, prompts=list(prompts), names=names,
+                        resolutions=resolutions, scan_options=scan_options, prompt_options=prompt_options,
+                        warnings=warnings, read_s=read_s)
 
 
 def prepare_scan(scan: Volume | str | Path, options: ScanOptions) -> tuple[Volume, str, list[str]]:

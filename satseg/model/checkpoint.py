@@ -240,6 +240,32 @@ def check_text_state(encoder: nn.Module, state: dict[str, torch.Tensor], path: P
     return mapped
 
 
+def load_mpnet_folder(text_encoder: nn.Module, folder: str | Path) -> None:
+    """Load a Hugging Face MPNet folder (e.g. all-mpnet-base-v2: ``model.safetensors`` or ``pytorch_model.bin``,
+    MPNet's own key names) into ``text_encoder.mpnet``, strictly.
+
+    The projection and modality embedding are not part of such a folder and keep their initialisation; the
+    ``embeddings.position_ids`` buffer of old files and a masked-LM head are dropped.
+    """
+    from satseg.errors import InputError
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise InputError(f"{folder} has no model.safetensors or pytorch_model.bin (expected an MPNet folder such "
+                         "as all-mpnet-base-v2)")
+    prefix = next((p for p in ("mpnet.", "model.") if any(k.startswith(p) for k in state)), "")
+    state = {k[len(prefix):]: v for k, v in state.items()
+             if k.startswith(prefix) and not k.startswith("lm_head.") and not k.endswith("embeddings.position_ids")}
+    _compare(text_encoder.mpnet, state, folder, "the MPNet text tower")
+    text_encoder.mpnet.load_state_dict(state, strict=True)
+
+
 def validate_official_files(variant: str, checkpoint: str | Path, text_checkpoint: str | Path | None) -> None:
     """Check that files fit ``variant`` exactly (keys and shapes) without building real weights."""
     from satseg.model.build import build_sat, build_text_encoder

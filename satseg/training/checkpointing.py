@@ -154,35 +154,6 @@ def text_config_from_mpnet(folder: str | Path):
                       layer_norm_eps=cfg.get("layer_norm_eps", 1e-5), pad_token_id=cfg.get("pad_token_id", 1))
 
 
-def load_mpnet_folder(text_encoder: torch.nn.Module, folder: str | Path) -> None:
-    """Load an MPNet folder's weights (MPNet's own key names) into ``text_encoder.mpnet``, strictly.
-
-    The projection and modality embedding are not part of such a folder and keep their fresh initialisation.
-    """
-    from satseg.errors import InputError
-
-    folder = Path(folder)
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise InputError(f"{folder} has no model.safetensors or pytorch_model.bin")
-    prefix = next((p for p in ("mpnet.", "model.") if any(k.startswith(p) for k in state)), "")
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith("lm_head.")}
-    state = {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
-    expected = text_encoder.mpnet.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or extra or wrong:
-        raise CheckpointError(f"{folder} does not fit the MPNet tower: missing {missing[:3]}, unexpected {extra[:3]}, "
-                              f"wrong shape {wrong[:3]}")
-    text_encoder.mpnet.load_state_dict(state, strict=True)
-
-
 def load_segmentation_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load satseg-named segmentation weights; deep-supervision heads missing from ``state`` stay freshly
     initialised (released inference files may lack them). Returns the names of the keys left fresh."""

@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from satseg.errors import CheckpointError, InputError
+from satseg.model.checkpoint import load_mpnet_folder
 from satseg.training import checkpointing as ckpt
 from satseg.training import distributed as dist
 from satseg.training.loss import SegmentationLoss
@@ -548,7 +549,7 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
                                        path=official)
         ckpt.load_segmentation_state(sat, state, str(official))
     if text_source and Path(text_source).is_dir():
-        ckpt.load_mpnet_folder(text, text_source)
+        load_mpnet_folder(text, text_source)
     elif text_source and text_source != "random":
         load_text_checkpoint(text, text_source)
     if text_source == "random" or (text_source and Path(text_source).is_dir()):

@@ -118,30 +118,6 @@ def open_layers(mpnet: nn.Module, open_layer: int) -> list[str]:
 # -- initial weights -----------------------------------------------------------------------------------
 
 
-def load_mpnet_weights(encoder: nn.Module, folder: str | Path) -> None:
-    """Load a Hugging Face MPNet folder's weights (e.g. all-mpnet-base-v2, ``model.safetensors``) into
-    ``encoder.mpnet`` strictly; the ``embeddings.position_ids`` buffer of old files is dropped."""
-    from satseg.errors import CheckpointError
-
-    folder = Path(folder)
-    file = folder / "model.safetensors"
-    if not file.is_file():
-        raise InputError(f"{folder} has no model.safetensors (expected an MPNet folder such as all-mpnet-base-v2)")
-    from safetensors.torch import load_file
-
-    state = {k.removeprefix("mpnet."): v for k, v in load_file(str(file)).items()
-             if not k.endswith("embeddings.position_ids") and not k.startswith("lm_head.")}
-    expected = encoder.mpnet.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        problems = missing[:2] + unexpected[:2] + wrong[:2]
-        raise CheckpointError(f"{file} does not fit the text tower ({len(missing)} missing, {len(unexpected)} "
-                              f"unexpected, {len(wrong)} wrong shape; first: {', '.join(problems)})")
-    encoder.mpnet.load_state_dict(state, strict=True)
-
-
 def init_projection(encoder: nn.Module) -> None:
     hidden = encoder.config.hidden
     for layer in encoder.projection_layer:
@@ -207,7 +183,7 @@ def pretrain_text(knowledge: str | Path | KnowledgePool, tokenizer_dir: str | Pa
     """
     from satseg.io.atomic import write_text_atomic
     from satseg.model.build import build_text_encoder
-    from satseg.model.checkpoint import load_text_checkpoint, write_official_checkpoint
+    from satseg.model.checkpoint import load_mpnet_folder, load_text_checkpoint, write_official_checkpoint
     from satseg.model.text import SATTokenizer
 
     options = options or TextPretrainOptions()
@@ -231,7 +207,7 @@ def pretrain_text(knowledge: str | Path | KnowledgePool, tokenizer_dir: str | Pa
     elif variant == "tiny":
         start = "random weights (tiny variant)"
     else:
-        load_mpnet_weights(encoder, tokenizer_dir)
+        load_mpnet_folder(encoder, tokenizer_dir)
         start = f"MPNet weights in {tokenizer_dir}"
     encoder.to(device).train()
     for param in encoder.parameters():

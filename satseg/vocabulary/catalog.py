@@ -22,7 +22,7 @@ _MRI_WORDS = frozenset({
     "t1wi", "t2wi", "t2star", "flair", "dwi", "adc", "swi", "dixon", "pd", "pdw", "dti", "bold", "stir", "mprage",
 })
 _CT_WORDS = frozenset({"ct", "cta", "cect", "ncct", "hrct", "cbct", "ctpa", "computed", "tomography"})
-_PET_WORDS = frozenset({"pet", "fdg", "psma", "suv"})
+_PET_WORDS = frozenset({"pet", "pt", "fdg", "psma", "suv"})  # PT: the DICOM Modality of PET
 
 
 @dataclass(frozen=True)
