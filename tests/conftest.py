@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -45,3 +46,35 @@ def shared_reference() -> Path:
     if not SHARED_REFERENCE.exists():
         pytest.skip(f"shared reference folder not found at {SHARED_REFERENCE}")
     return SHARED_REFERENCE
+
+
+@pytest.fixture()
+def isolated_home(monkeypatch, tmp_path) -> Path:
+    """A private HF_HOME and SATSEG_HOME under ``tmp_path`` (returned), with no hub settings inherited."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "SATSEG_MANIFEST", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "satseg"))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return tmp_path
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture()
+def weights_log():
+    """Messages logged by satseg.weights, through a handler of its own (independent of logging set-up)."""
+    logger, handler = logging.getLogger("satseg.weights"), _Messages()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)

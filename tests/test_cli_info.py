@@ -8,19 +8,9 @@ import subprocess
 import sys
 from importlib import metadata
 
-import pytest
 
 import satseg
 from satseg.cli.main import main
-
-
-@pytest.fixture()
-def env(monkeypatch, tmp_path):
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "SATSEG_MANIFEST", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "satseg"))
-    return tmp_path
 
 
 def info_json(capsys) -> dict:
@@ -28,7 +18,7 @@ def info_json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_info_json_reports_the_installed_versions(env, capsys):
+def test_info_json_reports_the_installed_versions(isolated_home, capsys):
     report = info_json(capsys)
 
     versions = report["versions"]
@@ -38,7 +28,7 @@ def test_info_json_reports_the_installed_versions(env, capsys):
         assert versions[package] == metadata.version(package)
 
 
-def test_info_json_lists_the_devices_torch_sees(env, capsys):
+def test_info_json_lists_the_devices_torch_sees(isolated_home, capsys):
     import torch
 
     devices = info_json(capsys)["devices"]
@@ -49,22 +39,22 @@ def test_info_json_lists_the_devices_torch_sees(env, capsys):
     assert all(d["memory_gib"] > 0 for d in cuda)
 
 
-def test_info_json_reports_the_cache_folders_from_the_environment(env, monkeypatch, capsys):
+def test_info_json_reports_the_cache_folders_from_the_environment(isolated_home, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     report = info_json(capsys)
 
-    assert report["folders"] == {"hf_cache": str(env / "hf" / "hub"), "satseg_home": str(env / "satseg")}
+    assert report["folders"] == {"hf_cache": str(isolated_home / "hf" / "hub"), "satseg_home": str(isolated_home / "satseg")}
     assert report["hub"]["offline"] is True
 
 
-def test_info_json_shows_which_models_are_present(env, capsys, mpnet_dir):
+def test_info_json_shows_which_models_are_present(isolated_home, capsys, mpnet_dir):
     from satseg import weights
     from satseg.model import build_sat, build_text_encoder
     from satseg.model.checkpoint import write_official_checkpoint
 
-    seg = write_official_checkpoint(build_sat("tiny"), env / "tiny.pth")
-    text = write_official_checkpoint(build_text_encoder("tiny"), env / "tiny_text.pth", text=True)
+    seg = write_official_checkpoint(build_sat("tiny"), isolated_home / "tiny.pth")
+    text = write_official_checkpoint(build_text_encoder("tiny"), isolated_home / "tiny_text.pth", text=True)
     weights.import_model("local-tiny", "tiny", seg, text, mpnet_dir)
 
     models = {m["name"]: m for m in info_json(capsys)["models"]}
@@ -74,16 +64,16 @@ def test_info_json_shows_which_models_are_present(env, capsys, mpnet_dir):
                                     "downloaded": "yes", "verified": "yes"}
 
 
-def test_info_text_names_versions_folders_and_models(env, capsys):
+def test_info_text_names_versions_folders_and_models(isolated_home, capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
 
     assert f"satseg          {satseg.__version__}" in out
-    assert str(env / "satseg") in out and str(env / "hf" / "hub") in out
+    assert str(isolated_home / "satseg") in out and str(isolated_home / "hf" / "hub") in out
     assert "sat-nano" in out and "sat-pro" in out
 
 
-def test_info_loads_no_model_code(env):
+def test_info_loads_no_model_code(isolated_home):
     # `satseg info` must stay fast: it reports on files, it does not build or load a network. A fresh
     # interpreter, because other tests in this process have imported the model code already.
     probe = ("import sys; from satseg.cli.main import main; code = main(['info', '--json']); "

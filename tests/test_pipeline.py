@@ -60,11 +60,19 @@ def test_composite_prompt_is_the_union_of_its_terms(predictor, reference_files):
     np.testing.assert_array_equal(result.masks["liver_and_spleen"], result.masks["liver"] | result.masks["spleen"])
 
 
-def test_text_embeddings_are_computed_once_per_term(predictor, reference_files):
-    predictor.embed(["spleen"], "ct")
-    before = dict(predictor._embeddings)
-    predictor.embed(["spleen", "spleen"], "ct")
-    assert predictor._embeddings.keys() == before.keys()
+def test_text_embeddings_are_computed_once_per_term(predictor, monkeypatch):
+    encoded: list[list[str]] = []
+    real_encode = predictor.text_encoder.encode
+
+    def counting_encode(prompts, modality, tokenizer):
+        encoded.append(list(prompts))
+        return real_encode(prompts, modality, tokenizer)
+
+    monkeypatch.setattr(predictor.text_encoder, "encode", counting_encode)
+    first = predictor.embed(["gallbladder"], "ct")
+    again = predictor.embed(["gallbladder", "gallbladder"], "ct")
+    assert encoded == [["gallbladder"]]  # the repeat and the second call reuse the embedding
+    torch.testing.assert_close(again, first.expand(2, -1), rtol=0, atol=0)
 
 
 def test_dicom_series_and_its_nifti_twin_give_the_same_masks(predictor, reference_files, tmp_path):

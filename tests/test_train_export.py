@@ -23,13 +23,9 @@ from satseg.training.export import convert_official, export_training_checkpoint,
 
 
 @pytest.fixture()
-def env(monkeypatch, tmp_path):
-    for name in ("HF_HUB_CACHE", "SATSEG_MANIFEST", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
+def env(isolated_home, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "satseg"))
-    return tmp_path
+    return isolated_home
 
 
 @pytest.fixture(scope="module")

@@ -4,60 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from satseg import weights
 from satseg.errors import EXIT_USAGE, CheckpointError, InputError, WeightsError
 
+from pipeline_helpers import make_tiny_official
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def env(monkeypatch, tmp_path):
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "SATSEG_MANIFEST", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "satseg"))
-    return tmp_path
 
 
 @pytest.fixture(scope="module")
 def tiny_official(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny segmentation checkpoint and its paired text checkpoint in the released layout."""
-    from satseg.model import build_sat, build_text_encoder
-    from satseg.model.checkpoint import write_official_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny_official")
-    torch.manual_seed(0)
-    seg = write_official_checkpoint(build_sat("tiny", deep_supervision=True), folder / "tiny.pth", step=7)
-    text = write_official_checkpoint(build_text_encoder("tiny"), folder / "tiny_text.pth", text=True, step=7)
-    return seg, text
-
-
-class _Messages(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture()
-def weights_log():
-    """Messages logged by satseg.weights (a handler of its own: the CLI's logging set-up stops propagation)."""
-    logger, handler = logging.getLogger("satseg.weights"), _Messages()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    return make_tiny_official(tmp_path_factory.mktemp("tiny_official"))
 
 
 def write_extra_manifest(folder: Path, models: dict) -> Path:
@@ -73,7 +36,7 @@ def test_packaged_manifest_and_repository_root_copy_are_identical():
     assert (REPO_ROOT / "weights_manifest.json").read_bytes() == weights.MANIFEST_PATH.read_bytes()
 
 
-def test_manifest_names_sat_nano_and_sat_pro_with_their_paired_text_checkpoints(env):
+def test_manifest_names_sat_nano_and_sat_pro_with_their_paired_text_checkpoints(isolated_home):
     nano, pro = weights.get_model("sat-nano"), weights.get_model("sat-pro")
 
     assert (nano.variant, nano.repo, nano.format) == ("nano", "zzh99/SAT", "sat-official")
@@ -88,7 +51,7 @@ def test_manifest_names_sat_nano_and_sat_pro_with_their_paired_text_checkpoints(
         assert entry.checkpoint.sha256 is None and entry.text_checkpoint.sha256 is None
 
 
-def test_list_models_has_the_published_models_first(env):
+def test_list_models_has_the_published_models_first(isolated_home):
     assert [m.name for m in weights.list_models()][:2] == ["sat-nano", "sat-pro"]
 
 
@@ -98,7 +61,7 @@ def test_list_models_has_the_published_models_first(env):
     ("sha256", "ABC", "models.bad.files.checkpoint.sha256"),
     ("size", -1, "models.bad.files.checkpoint.size"),
 ])
-def test_manifest_with_an_invalid_field_is_refused_naming_the_field(env, monkeypatch, field, value, complaint):
+def test_manifest_with_an_invalid_field_is_refused_naming_the_field(isolated_home, monkeypatch, field, value, complaint):
     spec = {"variant": "nano", "format": "sat-official", "hub": {"repo": "a/b", "revision": "main"},
             "files": {"checkpoint": {"path": "x.pth", "size": None, "sha256": None},
                       "text_checkpoint": {"path": "y.pth", "size": None, "sha256": None}},
@@ -107,26 +70,26 @@ def test_manifest_with_an_invalid_field_is_refused_naming_the_field(env, monkeyp
         spec["files"]["checkpoint"][field] = value
     else:
         spec[field] = value
-    monkeypatch.setenv("SATSEG_MANIFEST", str(write_extra_manifest(env, {"bad": spec})))
+    monkeypatch.setenv("SATSEG_MANIFEST", str(write_extra_manifest(isolated_home, {"bad": spec})))
 
     with pytest.raises(WeightsError, match=complaint.replace(".", r"\.")):
         weights.list_models()
 
 
-def test_extra_manifest_can_pin_a_published_model(env, monkeypatch):
+def test_extra_manifest_can_pin_a_published_model(isolated_home, monkeypatch):
     digest = "ab" * 32
     spec = {"variant": "nano", "format": "sat-official", "hub": {"repo": "zzh99/SAT", "revision": "c" * 40},
             "files": {"checkpoint": {"path": "Nano/nano.pth", "size": 10, "sha256": digest},
                       "text_checkpoint": {"path": "Nano/nano_text_encoder.pth", "size": 20, "sha256": digest}},
             "tokenizer": {"path": "/tokenizer"}}
-    monkeypatch.setenv("SATSEG_MANIFEST", str(write_extra_manifest(env, {"sat-nano": spec})))
+    monkeypatch.setenv("SATSEG_MANIFEST", str(write_extra_manifest(isolated_home, {"sat-nano": spec})))
 
     nano = weights.get_model("sat-nano")
 
     assert nano.revision == "c" * 40 and nano.checkpoint.sha256 == digest
 
 
-def test_unknown_model_name_is_a_usage_error_listing_the_known_models(env):
+def test_unknown_model_name_is_a_usage_error_listing_the_known_models(isolated_home):
     with pytest.raises(weights.UnknownModelError) as info:
         weights.get_model("sat-mega")
 
@@ -161,8 +124,8 @@ def test_sha256_file_streams_files_larger_than_one_chunk(tmp_path):
     assert weights.sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
-def test_a_file_hash_is_remembered_until_the_file_changes(env, weights_log):
-    path = env / "weights.bin"
+def test_a_file_hash_is_remembered_until_the_file_changes(isolated_home, weights_log):
+    path = isolated_home / "weights.bin"
     path.write_bytes(b"first version")
 
     def hashing(**kwargs) -> tuple[str, int]:
@@ -196,7 +159,7 @@ def test_cli_hash_prints_size_and_sha256_in_the_manifest_form(tmp_path, capsys):
 # -- import --------------------------------------------------------------------------------------------
 
 
-def test_import_validates_registers_and_resolves_local_files(env, tiny_official, mpnet_dir):
+def test_import_validates_registers_and_resolves_local_files(isolated_home, tiny_official, mpnet_dir):
     seg, text = tiny_official
 
     entry = weights.import_model("site-tiny", "tiny", seg, text, mpnet_dir)
@@ -206,21 +169,21 @@ def test_import_validates_registers_and_resolves_local_files(env, tiny_official,
     assert (files.checkpoint, files.text_checkpoint, files.tokenizer) == (seg.resolve(), text.resolve(),
                                                                           mpnet_dir.resolve())
     assert files.verified is True and files.variant == "tiny"
-    registry = json.loads((env / "satseg" / "models.json").read_text())
+    registry = json.loads((isolated_home / "satseg" / "models.json").read_text())
     recorded = registry["models"]["site-tiny"]["files"]["checkpoint"]
     assert recorded["sha256"] == hashlib.sha256(seg.read_bytes()).hexdigest()
     assert recorded["size"] == seg.stat().st_size
 
 
-def test_import_refuses_swapped_files_with_the_checkpoint_error(env, tiny_official, mpnet_dir):
+def test_import_refuses_swapped_files_with_the_checkpoint_error(isolated_home, tiny_official, mpnet_dir):
     seg, text = tiny_official
 
     with pytest.raises(CheckpointError, match="text-encoder checkpoint"):
         weights.import_model("swapped", "tiny", text, seg, mpnet_dir)
-    assert not (env / "satseg" / "models.json").exists()
+    assert not (isolated_home / "satseg" / "models.json").exists()
 
 
-def test_import_refuses_files_of_another_variant(env, tiny_official, mpnet_dir):
+def test_import_refuses_files_of_another_variant(isolated_home, tiny_official, mpnet_dir):
     seg, text = tiny_official
 
     with pytest.raises(CheckpointError):
@@ -232,19 +195,19 @@ def test_import_refuses_files_of_another_variant(env, tiny_official, mpnet_dir):
     ("Bad Name", "tiny", "lower-case"),
     ("ok-name", "huge", "not one of"),
 ])
-def test_import_refuses_bad_names_and_variants(env, tiny_official, mpnet_dir, name, variant, complaint):
+def test_import_refuses_bad_names_and_variants(isolated_home, tiny_official, mpnet_dir, name, variant, complaint):
     seg, text = tiny_official
     with pytest.raises(InputError, match=complaint):
         weights.import_model(name, variant, seg, text, mpnet_dir)
 
 
-def test_import_refuses_a_folder_without_tokenizer_files(env, tiny_official, tmp_path):
+def test_import_refuses_a_folder_without_tokenizer_files(isolated_home, tiny_official, tmp_path):
     seg, text = tiny_official
     with pytest.raises(InputError, match="neither tokenizer.json nor vocab.txt"):
         weights.import_model("no-tokenizer", "tiny", seg, text, tmp_path)
 
 
-def test_importing_a_name_twice_needs_replace(env, tiny_official, mpnet_dir):
+def test_importing_a_name_twice_needs_replace(isolated_home, tiny_official, mpnet_dir):
     seg, text = tiny_official
     weights.import_model("twice", "tiny", seg, text, mpnet_dir)
 
@@ -253,7 +216,7 @@ def test_importing_a_name_twice_needs_replace(env, tiny_official, mpnet_dir):
     assert weights.import_model("twice", "tiny", seg, text, mpnet_dir, replace=True).name == "twice"
 
 
-def test_imported_file_changed_after_import_is_refused_and_kept(env, tiny_official, mpnet_dir, tmp_path):
+def test_imported_file_changed_after_import_is_refused_and_kept(isolated_home, tiny_official, mpnet_dir, tmp_path):
     seg, text = tiny_official
     copy = tmp_path / "copy.pth"
     copy.write_bytes(seg.read_bytes())
@@ -267,7 +230,7 @@ def test_imported_file_changed_after_import_is_refused_and_kept(env, tiny_offici
     assert copy.exists()  # the user's own file is never deleted
 
 
-def test_cli_import_then_list_shows_the_imported_model(env, tiny_official, mpnet_dir, capsys):
+def test_cli_import_then_list_shows_the_imported_model(isolated_home, tiny_official, mpnet_dir, capsys):
     from satseg.cli.main import main
 
     seg, text = tiny_official
@@ -282,7 +245,7 @@ def test_cli_import_then_list_shows_the_imported_model(env, tiny_official, mpnet
     assert rows["sat-nano"]["downloaded"] == "no"
 
 
-def test_cli_unknown_model_exits_2_with_one_line(env, capsys):
+def test_cli_unknown_model_exits_2_with_one_line(isolated_home, capsys):
     from satseg.cli.main import main
 
     assert main(["weights", "path", "nope"]) == 2
@@ -290,7 +253,7 @@ def test_cli_unknown_model_exits_2_with_one_line(env, capsys):
     assert err.count("\n") == 1 and err.startswith("satseg: error: unknown model 'nope'")
 
 
-def test_cli_path_of_a_model_not_downloaded_explains_how_to_get_it(env, capsys):
+def test_cli_path_of_a_model_not_downloaded_explains_how_to_get_it(isolated_home, capsys):
     from satseg.cli.main import main
 
     assert main(["weights", "path", "sat-pro"]) == 1

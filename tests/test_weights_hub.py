@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from pathlib import Path
 
 import pytest
-import torch
 from hub_server import COMMIT, HubServer
 
 from satseg import weights
 from satseg.errors import WeightsError
+
+from pipeline_helpers import make_tiny_official
 
 REPO = "satseg-test/tiny"
 TOKENIZER_REPO = "satseg-test/tokenizer"
@@ -28,28 +28,12 @@ TOKENIZER_FILES = ("tokenizer_config.json", "vocab.txt", "tokenizer.json", "spec
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory) -> dict[str, bytes]:
     """Bytes of a tiny SAT model in the official layout: segmentation and paired text checkpoint."""
-    from satseg.model import build_sat, build_text_encoder
-    from satseg.model.checkpoint import write_official_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    seg = write_official_checkpoint(build_sat("tiny", deep_supervision=True), folder / "tiny.pth", step=1)
-    text = write_official_checkpoint(build_text_encoder("tiny"), folder / "tiny_text.pth", text=True, step=1)
+    seg, text = make_tiny_official(tmp_path_factory.mktemp("tiny"))
     return {"tiny/tiny.pth": seg.read_bytes(), "tiny/tiny_text.pth": text.read_bytes()}
 
 
 @pytest.fixture()
-def env(monkeypatch, tmp_path):
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "SATSEG_MANIFEST", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "satseg"))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return tmp_path
-
-
-@pytest.fixture()
-def hub(env, monkeypatch, tiny_files, mpnet_dir):
+def hub(isolated_home, monkeypatch, tiny_files, mpnet_dir):
     with HubServer() as server:
         for path, data in tiny_files.items():
             server.add_file(REPO, path, data)
@@ -57,27 +41,6 @@ def hub(env, monkeypatch, tiny_files, mpnet_dir):
             server.add_file(TOKENIZER_REPO, name, (mpnet_dir / name).read_bytes())
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server
-
-
-class _Messages(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture()
-def weights_log():
-    """Messages logged by satseg.weights (a handler of its own: the CLI's logging set-up stops propagation)."""
-    logger, handler = logging.getLogger("satseg.weights"), _Messages()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def write_manifest(folder: Path, files: dict[str, bytes], *, sha256: dict[str, str] | None = None,
@@ -99,19 +62,19 @@ def write_manifest(folder: Path, files: dict[str, bytes], *, sha256: dict[str, s
 
 
 @pytest.fixture()
-def manifest(env, monkeypatch, tiny_files):
-    path = write_manifest(env, tiny_files)
+def manifest(isolated_home, monkeypatch, tiny_files):
+    path = write_manifest(isolated_home, tiny_files)
     monkeypatch.setenv("SATSEG_MANIFEST", str(path))
     return path
 
 
-def test_download_puts_verified_files_in_the_hf_cache(hub, manifest, env, tiny_files):
+def test_download_puts_verified_files_in_the_hf_cache(hub, manifest, isolated_home, tiny_files):
     files = weights.resolve_model("test-tiny")
 
     assert files.verified is True
     assert files.commit == COMMIT
     assert files.variant == "tiny" and files.format == "sat-official"
-    hf_cache = env / "hf" / "hub"
+    hf_cache = isolated_home / "hf" / "hub"
     assert files.checkpoint.is_relative_to(hf_cache) and files.text_checkpoint.is_relative_to(hf_cache)
     assert files.checkpoint.read_bytes() == tiny_files["tiny/tiny.pth"]
     assert files.text_checkpoint.read_bytes() == tiny_files["tiny/tiny_text.pth"]
@@ -146,21 +109,21 @@ def test_verified_hash_is_remembered_so_the_file_is_not_hashed_again(hub, manife
     assert not [m for m in weights_log if "computing sha256" in m]
 
 
-def test_sha256_mismatch_is_refused_and_the_file_removed_from_the_cache(hub, env, monkeypatch, tiny_files):
+def test_sha256_mismatch_is_refused_and_the_file_removed_from_the_cache(hub, isolated_home, monkeypatch, tiny_files):
     wrong = {"tiny/tiny.pth": hashlib.sha256(b"something else").hexdigest()}
-    monkeypatch.setenv("SATSEG_MANIFEST", str(write_manifest(env, tiny_files, sha256=wrong)))
+    monkeypatch.setenv("SATSEG_MANIFEST", str(write_manifest(isolated_home, tiny_files, sha256=wrong)))
 
     with pytest.raises(WeightsError, match="does not match the manifest.*sha256.*deleted it") as info:
         weights.resolve_model("test-tiny")
     assert "\n" not in str(info.value)
     # Not used afterwards: the bad file is gone from the cache, so an offline resolve cannot pick it up.
-    assert not list((env / "hf" / "hub").rglob("tiny.pth"))
+    assert not list((isolated_home / "hf" / "hub").rglob("tiny.pth"))
     with pytest.raises(WeightsError, match="not in the Hugging Face cache"):
         weights.resolve_model("test-tiny", download=False)
 
 
-def test_size_mismatch_is_refused(hub, env, monkeypatch, tiny_files):
-    path = write_manifest(env, tiny_files)
+def test_size_mismatch_is_refused(hub, isolated_home, monkeypatch, tiny_files):
+    path = write_manifest(isolated_home, tiny_files)
     document = json.loads(path.read_text())
     document["models"]["test-tiny"]["files"]["text_checkpoint"]["size"] += 1
     path.write_text(json.dumps(document))
@@ -170,13 +133,13 @@ def test_size_mismatch_is_refused(hub, env, monkeypatch, tiny_files):
         weights.resolve_model("test-tiny")
 
 
-def test_interrupted_download_is_resumed_with_a_range_request(hub, env, monkeypatch, tiny_files):
+def test_interrupted_download_is_resumed_with_a_range_request(hub, isolated_home, monkeypatch, tiny_files):
     # huggingface_hub writes what it received in 10 MiB pieces and resumes from the last whole piece, so
     # the interrupted file must be larger than that: a 24 MiB checkpoint stands in for a released one.
     large = random.Random(0).randbytes(24 * 2**20)
     files = {"large/model.pth": large, "tiny/tiny_text.pth": tiny_files["tiny/tiny_text.pth"]}
     hub.add_file(REPO, "large/model.pth", large)
-    monkeypatch.setenv("SATSEG_MANIFEST", str(write_manifest(env, files)))
+    monkeypatch.setenv("SATSEG_MANIFEST", str(write_manifest(isolated_home, files)))
     cut = 15 * 2**20
     hub.drop_once(REPO, "large/model.pth", after_bytes=cut)
 
@@ -251,8 +214,8 @@ def test_verify_reports_a_cached_file_changed_on_disk_as_mismatch(hub, manifest)
     assert statuses == {"checkpoint": "ok", "text_checkpoint": "mismatch"}
 
 
-def test_unknown_repository_is_reported_in_one_line(hub, env, monkeypatch, tiny_files):
-    path = write_manifest(env, tiny_files)
+def test_unknown_repository_is_reported_in_one_line(hub, isolated_home, monkeypatch, tiny_files):
+    path = write_manifest(isolated_home, tiny_files)
     document = json.loads(path.read_text())
     document["models"]["test-tiny"]["hub"]["repo"] = "nobody/nothing"
     path.write_text(json.dumps(document))
