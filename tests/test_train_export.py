@@ -119,7 +119,8 @@ def test_cli_export_registers_a_name_that_segments_a_real_ct_at_once(trained, en
 def trained_mixed(tmp_path_factory, mpnet_dir):
     """A run whose text tower differs from the variant's preset (as fit builds a tiny U-Net with MPNet's tower),
     recording its architecture (``model_config``) and tokenizer folder."""
-    config = replace(get_config("tiny"), text=TextConfig(hidden=32, layers=1, heads=2, intermediate=64))
+    config = replace(get_config("tiny"), text=TextConfig(hidden=32, layers=1, heads=2, intermediate=64),
+                     spacing=(3.0, 3.0, 3.0))
     torch.manual_seed(4)
     model, text = build_sat(config, deep_supervision=True), build_text_encoder(config)
     path = tmp_path_factory.mktemp("mixed") / "latest.pt"
@@ -153,6 +154,31 @@ def test_predictor_loads_an_exported_model_whose_architecture_differs_from_the_p
     predictor = Predictor.from_pretrained("mixed2", download=False)
 
     _assert_same_weights(trained_mixed[1], trained_mixed[2], predictor.model, predictor.text_encoder)
+
+
+def test_an_exported_model_segments_on_the_grid_it_was_trained_on(trained_mixed, env, reference_files):
+    from satseg.inference.predictor import Predictor
+
+    assert main(["train", "export", "--checkpoint", str(trained_mixed[0]), "--name", "coarse",
+                 "--out", str(env / "coarse.safetensors")]) == 0
+    predictor = Predictor.from_pretrained("coarse", download=False)
+    scan = reference_files / "example_ct_sm.nii.gz"
+
+    result = predictor.segment(scan, ["liver"])
+
+    assert tuple(result.grid["spacing_mm"]) == (3.0, 3.0, 3.0)
+    assert result.masks["liver"].shape == nib.load(scan).shape
+
+
+def test_evaluate_refuses_a_cache_prepared_on_another_grid(tmp_path):
+    from satseg.cli.train_evaluate import check_grid
+    from satseg.errors import InputError
+    from satseg.training.cache import claim_spacing
+
+    claim_spacing(tmp_path, (1.0, 1.0, 3.0))
+    check_grid((1.0, 1.0, 3.0), tmp_path)
+    with pytest.raises(InputError, match="1×1×3 mm grid but the model works on 3×3×3 mm"):
+        check_grid((3.0, 3.0, 3.0), tmp_path)
 
 
 def test_a_changed_exported_file_is_refused_at_use(trained, env, mpnet_dir, capsys):

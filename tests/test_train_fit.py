@@ -28,15 +28,18 @@ FAST = ["--set", "data.crop_size=[64,64,32]", "--set", "text_encoder.init=random
 
 
 def build_example_cache(reference_files: Path, root: Path, *, dataset: str = "TotalSegmentator_Organs",
-                        scans=(("example_ct_sm.nii.gz", "example_seg.nii.gz"),), split: str = "train") -> Path:
+                        scans=(("example_ct_sm.nii.gz", "example_seg.nii.gz"),), split: str = "train",
+                        spacing=(1.0, 1.0, 3.0)) -> Path:
     """A prepared cache of real example CTs (model grid, CT normalisation, organ masks pushed nearest)."""
     from satseg.geometry import to_model_grid
     from satseg.intensity import normalize
     from satseg.io import read_volume
+    from satseg.training.cache import claim_spacing
 
     root.mkdir(parents=True, exist_ok=True)
+    claim_spacing(root, spacing)
     for image_name, label_name in scans:
-        raw, grid = to_model_grid(read_volume(reference_files / image_name))
+        raw, grid = to_model_grid(read_volume(reference_files / image_name), spacing_mm=spacing)
         labels = np.asarray(read_volume(reference_files / label_name).array)
         channels = np.stack([labels == value for value in ORGANS]).astype(np.uint8)
         masks = grid.from_input_grid(channels, order="nearest").astype(bool)
@@ -377,6 +380,39 @@ def test_checkpoint_records_the_training_crop_as_the_inference_window(example_ca
     assert result.returncode == 0, result.stderr
     model, _ = build_from_checkpoint(load_checkpoint(run / "checkpoints" / "latest.pt"))
     assert model.config.window == (96, 64, 32) and model.config.stride == (48, 32, 16)
+
+
+def test_the_model_learns_on_the_grid_its_cache_was_prepared_on_and_records_it(reference_files, mpnet_dir,
+                                                                              tmp_path):
+    from satseg.training.checkpointing import build_from_checkpoint, load_checkpoint
+
+    cache = build_example_cache(reference_files, tmp_path / "cache", spacing=(3.0, 3.0, 3.0))
+    refused = run_fit(TINY, cache, tmp_path / "refused", mpnet_dir, "--steps", "1",
+                      "--set", "model.spacing=[1.0, 1.0, 3.0]")
+    assert refused.returncode == 2 and "3×3×3 mm grid" in refused.stderr and "--spacing 1 1 3" in refused.stderr
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+    result = run_fit(TINY, cache, tmp_path / "run", mpnet_dir, "--steps", "1")
+    assert result.returncode == 0, result.stderr
+    model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt"))
+    assert model.config.spacing == (3.0, 3.0, 3.0)
+
+
+def test_a_fresh_run_may_change_the_architecture_numbers_and_records_them(example_cache, mpnet_dir, tmp_path):
+    from satseg.training.checkpointing import build_from_checkpoint, load_checkpoint
+
+    wider = "model.architecture={features: [16, 16, 16, 32, 32, 32], mask_hidden: 48}"
+    result = run_fit(TINY, example_cache, tmp_path / "run", mpnet_dir, "--steps", "1", "--set", wider)
+    assert result.returncode == 0, result.stderr
+    model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt"))
+    assert model.config.features == (16, 16, 16, 32, 32, 32) and model.config.mask_dim == 16
+    assert model.mask_embed_proj[0].out_features == 48
+
+    for bad, complaint in (("{width: 3}", "unknown width"), ("{features: [8, 8]}", "6 positive integers"),
+                           ("{query_dim: 62}", "not divisible by decoder_heads")):
+        refused = run_fit(TINY, example_cache, tmp_path / bad[1:6], mpnet_dir, "--steps", "1",
+                          "--set", f"model.architecture={bad}")
+        assert refused.returncode == 2 and complaint in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow

@@ -87,6 +87,28 @@ def test_cached_image_and_masks_equal_the_scan_and_its_labels_pushed_through_the
             np.testing.assert_array_equal(mask, expected.astype(bool), err_msg=term)
 
 
+def test_prepare_on_another_grid_records_it_and_a_cache_never_mixes_grids(example, prepared, tmp_path):
+    from satseg.errors import InputError
+    from satseg.training.cache import cache_spacing
+
+    out = tmp_path / "cache3mm"
+    _, report = prepare(example, out, spacing_mm=(3.0, 3.0, 3.0))
+    assert report.failed == [] and report.prepared == 2
+    assert cache_spacing(out) == (3.0, 3.0, 3.0) and cache_spacing(prepared[1]) == (1.0, 1.0, 3.0)
+    for sample in open_cache(out):
+        image, _ = sample.load()
+        raw, record = to_model_grid(read_volume(example.root / "images" / f"{sample.patient_id}.nii.gz"),
+                                    spacing_mm=(3.0, 3.0, 3.0))
+        np.testing.assert_array_equal(image, normalize(raw, "ct"))
+        assert json.loads(sample.path.with_suffix(".json").read_text())["spacing_mm"] == [3.0, 3.0, 3.0]
+    before = (out / "index.jsonl").read_bytes()
+    with pytest.raises(InputError, match="3×3×3 mm grid"):
+        prepare(example, out)  # SAT's 1×1×3 mm into the 3 mm cache
+    with pytest.raises(InputError, match="1×1×3 mm grid"):
+        prepare(example, prepared[1], spacing_mm=(2.0, 2.0, 3.0))
+    assert (out / "index.jsonl").read_bytes() == before and cache_spacing(prepared[1]) == (1.0, 1.0, 3.0)
+
+
 def test_merged_kidney_is_the_union_of_left_and_right_kidney(prepared):
     _, out = prepared
     for sample in open_cache(out):

@@ -241,6 +241,22 @@ def test_short_cpu_run_lowers_the_loss_and_writes_a_strictly_loadable_text_check
     assert json.loads((run / "text_run.json").read_text())["steps_done"] == 25
 
 
+def test_a_fresh_tower_is_written_with_a_small_modality_embedding(tmp_path, mpnet_dir):
+    """Stage 1a never trains the modality rows; written at torch's N(0, 1) they outweighed the text in every
+    query (norm ~8 vs ~1) and `fit --text-init` started with one query for every prompt."""
+    knowledge = tmp_path / "knowledge.json"
+    knowledge.write_text(json.dumps(KNOWLEDGE))
+    run = tmp_path / "run"
+
+    assert main(["train", "text", "--knowledge", str(knowledge), "--mpnet", str(mpnet_dir), "--out", str(run),
+                 "--variant", "tiny", "--steps", "2", "--batch", "4", "--max-tokens", "32", "--device", "cpu"]) == 0
+
+    text = build_text_encoder("tiny")
+    load_text_checkpoint(text, run / "text_encoder.pth")
+    assert float(text.modality_embed.weight.std()) < 0.05
+    assert float(text.modality_embed.weight.abs().max()) > 0  # initialised, not zeroed
+
+
 def test_a_batch_without_negatives_is_refused(tmp_path, mpnet_dir):
     knowledge = tmp_path / "knowledge.json"
     knowledge.write_text(json.dumps(KNOWLEDGE))

@@ -26,6 +26,9 @@ def command(
     all_datasets: bool = typer.Option(False, "--all", help="Every dataset of the manifest."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Worker processes (each holds one scan)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Prepare at most N new scans per dataset."),
+    spacing: tuple[float, float, float] = typer.Option((1.0, 1.0, 3.0), "--spacing", metavar="X Y Z",
+                                                       help="Voxel size in mm of the model grid (SAT: 1 1 3). "
+                                                            "A model trained on it resamples scans to it."),
 ) -> None:
     from satseg.errors import EXIT_COHORT_FAILED, InputError
     from satseg.training.manifest import load_manifest
@@ -62,6 +65,7 @@ def command(
         entry_file = manifest_path if manifest_path is None or manifest_path.is_file() else \
             manifest_path / f"{entry.name}.json"
         report = prepare_dataset(entry, items, root, out, manifest_path=entry_file, workers=workers, limit=limit,
+                                 spacing_mm=spacing,
                                  progress=_progress(entry.name))
         reports.append(report)
         typer.echo(f"{entry.name}: {report.prepared} prepared, {report.already_done} already in the cache, "

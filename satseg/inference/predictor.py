@@ -280,7 +280,7 @@ class Predictor:
         clock.timings["read"] = case.read_s
         with clock("preprocess"):
             orientation = choose_orientation(volume, case.scan_options.orientation)
-            raw, record = to_model_grid(volume, orientation=orientation)
+            raw, record = to_model_grid(volume, orientation=orientation, spacing_mm=self.model.config.spacing)
             image = normalize(raw, modality)
             del raw
         terms = list(dict.fromkeys(t for r in resolutions for t in r["terms"]))

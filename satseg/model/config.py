@@ -37,6 +37,8 @@ class SATConfig:
         mask_hidden: hidden width of the mask-embedding MLP (output width = features[0]).
         mid_mask_hidden: hidden widths of the deep-supervision heads at /2, /4, /8.
         window: the sliding-window (= training crop at inference) size in voxels (H, W, D).
+        spacing: voxel size in mm of the grid the model sees (SAT: 1×1×3 mm). Scans are resampled to it before
+            inference and ``satseg train prepare --spacing`` writes training caches on it.
     """
 
     name: str
@@ -54,6 +56,7 @@ class SATConfig:
     decoder_dropout: float = 0.1
     window: tuple[int, int, int] = (288, 288, 96)
     stride: tuple[int, int, int] = (144, 144, 48)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 3.0)
     text: TextConfig = field(default_factory=TextConfig)
 
     @property
@@ -72,7 +75,7 @@ class SATConfig:
     @classmethod
     def from_dict(cls, data: dict) -> SATConfig:
         """Inverse of :meth:`to_dict` (JSON lists back to tuples)."""
-        tuples = {"features", "mid_mask_hidden", "window", "stride"}
+        tuples = {"features", "mid_mask_hidden", "window", "stride", "spacing"}
         values = {k: (tuple(v) if k in tuples else v) for k, v in data.items() if k != "text"}
         return cls(**values, text=TextConfig(**data["text"]))
 

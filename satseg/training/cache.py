@@ -3,6 +3,8 @@
 Layout of a cache folder::
 
     index.jsonl                     one JSON object per prepared scan (see :class:`CachedSample`)
+    grid.json                       the model grid every scan was resampled to: ``{"spacing_mm": [x, y, z]}``
+                                    (absent in caches of satseg 0.1: SAT's 1×1×3 mm)
     <dataset>/<sample_id>.npz       compressed arrays: ``image`` float32 (H, W, D) normalised on the model
                                     grid; ``masks`` uint8 bit-packed (N, H, W, D) in ``terms`` order;
                                     ``shape`` int64 (3,)
@@ -27,6 +29,46 @@ from satseg.errors import InputError
 from satseg.io.atomic import atomic_path
 
 INDEX = "index.jsonl"
+GRID = "grid.json"
+SAT_SPACING_MM = (1.0, 1.0, 3.0)
+
+
+def cache_spacing(root: str | Path) -> tuple[float, float, float]:
+    """The voxel size (mm) the cache at ``root`` was prepared on (SAT's 1×1×3 mm when it does not say)."""
+    path = Path(root) / GRID
+    if not path.is_file():
+        return SAT_SPACING_MM
+    try:
+        values = json.loads(path.read_text())["spacing_mm"]
+        spacing = tuple(float(v) for v in values)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is unreadable ({exc}); remove the cache and prepare it again") from None
+    if len(spacing) != 3:
+        raise InputError(f"{path}: spacing_mm must hold three numbers, got {values!r}")
+    return spacing  # type: ignore[return-value]
+
+
+def claim_spacing(root: str | Path, spacing_mm) -> tuple[float, float, float]:
+    """Record ``spacing_mm`` as the cache's grid, or refuse when the cache already holds scans on another grid."""
+    root = Path(root)
+    spacing = tuple(float(v) for v in spacing_mm)
+    if len(spacing) != 3 or any(not v > 0 for v in spacing):
+        raise InputError(f"--spacing {spacing_mm!r}: three positive voxel sizes in mm")
+    has_scans = (root / INDEX).is_file() and (root / INDEX).stat().st_size > 0
+    if (root / GRID).is_file() or has_scans:
+        existing = cache_spacing(root)
+        if not np.allclose(existing, spacing, rtol=0, atol=1e-6):
+            raise InputError(f"{root} holds scans on a {mm_text(existing)} grid; prepare {mm_text(spacing)} into "
+                             "another --out folder")
+        if (root / GRID).is_file():
+            return existing
+    with atomic_path(root / GRID) as tmp:
+        Path(tmp).write_text(json.dumps({"spacing_mm": list(spacing)}) + "\n")
+    return spacing  # type: ignore[return-value]
+
+
+def mm_text(spacing) -> str:
+    return "×".join(f"{v:g}" for v in spacing) + " mm"
 
 
 @dataclass

@@ -521,6 +521,8 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
             released = weights.resolve_model(init)
             if released.variant != variant:
                 raise InputError(f"--init {init} is SAT-{released.variant} but the config trains {variant}")
+    if init and config["model"].get("architecture"):
+        raise InputError("model.architecture is for fresh runs: --init keeps the architecture of the weights it loads")
     if init_payload is not None and init_payload["variant"] != variant:
         raise InputError(f"--init {init} holds a {init_payload['variant']} model but the config trains {variant}")
     text_source = None if resumed is not None else _text_source(config, options, bool(released or init_payload))
@@ -530,11 +532,13 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
     elif init_payload is not None:
         model_config = ckpt.model_config_from_dict(init_payload["model_config"])
     else:
-        model_config = get_config(variant)
+        model_config = with_architecture(get_config(variant), config["model"].get("architecture"))
     if text_source and Path(text_source).is_dir():
         model_config = replace(model_config, text=ckpt.text_config_from_mpnet(text_source))
     if resumed is None:
         model_config = with_training_window(model_config, config["data"]["crop_size"])
+    fixed = resumed is not None or bool(init)  # started weights keep the grid they were trained on
+    model_config = with_model_grid(model_config, config["model"].get("spacing"), options.cache, fixed=fixed)
     sat = SAT(model_config, deep_supervision=bool(config["model"].get("deep_supervision", False)))
     text = TextEncoder(model_config.text, query_dim=model_config.query_dim)
 
@@ -581,6 +585,65 @@ def init_fresh_modality_embedding(text: nn.Module, std: float = 0.02) -> None:
     """
     with torch.no_grad():
         text.modality_embed.weight.normal_(0.0, std)
+
+
+# Numbers of the segmentation model a fresh run may change (``model.architecture``); the code stays the same.
+ARCHITECTURE_KEYS = ("features", "encoder_convs", "decoder_convs", "projection_hidden", "mask_hidden",
+                     "mid_mask_hidden", "query_dim", "decoder_layers", "decoder_heads", "decoder_ffn")
+
+
+def with_architecture(model_config, overrides):
+    """The variant's preset with ``model.architecture`` applied (fresh runs only: a started model keeps its own)."""
+    if not overrides:
+        return model_config
+    if not isinstance(overrides, dict):
+        raise InputError(f"model.architecture must map names to numbers ({', '.join(ARCHITECTURE_KEYS)})")
+    unknown = sorted(set(overrides) - set(ARCHITECTURE_KEYS))
+    if unknown:
+        raise InputError(f"model.architecture: unknown {', '.join(unknown)}; known: {', '.join(ARCHITECTURE_KEYS)}")
+    values = {}
+    for key, value in overrides.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        default = getattr(model_config, key)
+        shape_ok = (isinstance(value, tuple) and len(value) == len(default)) if isinstance(default, tuple) \
+            else isinstance(value, int)
+        numbers = value if isinstance(value, tuple) else (value,)
+        if not shape_ok or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in numbers):
+            raise InputError(f"model.architecture.{key} {overrides[key]!r}: "
+                             + (f"{len(default)} positive integers" if isinstance(default, tuple)
+                                else "a positive integer"))
+        values[key] = value
+    config = replace(model_config, **values)
+    if config.query_dim % config.decoder_heads:
+        raise InputError(f"model.architecture: query_dim {config.query_dim} is not divisible by decoder_heads "
+                         f"{config.decoder_heads}")
+    return config
+
+
+def with_model_grid(model_config, wanted, cache: Path, *, fixed: bool):
+    """The model's voxel size: ``model.spacing`` from the config, else the init's (``fixed``), else the cache's.
+    The cache must have been prepared on that grid (``satseg train prepare --spacing``)."""
+    from satseg.training.cache import cache_spacing, mm_text as _mm
+
+    on_cache = cache_spacing(cache)
+    if wanted is not None:
+        given = wanted
+        try:
+            wanted = tuple(float(v) for v in given)
+        except (TypeError, ValueError):
+            wanted = ()
+        if len(wanted) != 3 or any(not v > 0 for v in wanted):
+            raise InputError(f"model.spacing {given!r}: three positive voxel sizes in mm, e.g. [1.0, 1.0, 3.0]")
+        if fixed and not np.allclose(wanted, model_config.spacing, rtol=0, atol=1e-6):
+            raise InputError(f"model.spacing {_mm(wanted)}: the weights this run starts from work on a "
+                             f"{_mm(model_config.spacing)} grid")
+    target = wanted if wanted is not None else (tuple(model_config.spacing) if fixed else on_cache)
+    if not np.allclose(target, on_cache, rtol=0, atol=1e-6):
+        raise InputError(f"{cache} was prepared on a {_mm(on_cache)} grid but the model works on {_mm(target)}: "
+                         f"run `satseg train prepare --spacing {' '.join(f'{v:g}' for v in target)}` into "
+                         "another cache")
+    return replace(model_config, spacing=tuple(target))
 
 
 def with_training_window(model_config, crop_size: Sequence[int]):

@@ -4,7 +4,7 @@ Per scan (SAT-DS ``loader.py``, spec 7.2), with the inference code, not a copy o
 
 1. read the image and its mask;
 2. :func:`satseg.geometry.to_model_grid` with the dataset's orientation (RAS unless the manifest says ASR, IPL,
-   LPS): reorient, resample to 1×1×3 mm (linear), crop to voxels > 0 — the :class:`~satseg.geometry.GridRecord`
+   LPS): reorient, resample to 1×1×3 mm (linear; ``--spacing`` picks another grid), crop to voxels > 0 — the :class:`~satseg.geometry.GridRecord`
    says what it did;
 3. push the mask through the same record with nearest-neighbour sampling (SAT-DS: ``Spacingd(mode="nearest")``
    for labels, same crop box);
@@ -36,6 +36,7 @@ import numpy as np
 
 from satseg.errors import InputError, SatsegError
 from satseg.training.manifest import DEFAULT_DIR, DatasetEntry, load_manifest
+from satseg.training.cache import SAT_SPACING_MM
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +252,10 @@ def read_mask(path: Path, image_shape: tuple[int, ...], mask_format: str) -> np.
     raise PrepareFailed("error", f"{path.name}: mask shape {array.shape} does not match image shape {shape}")
 
 
-def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality: str | None = None):
-    """One scan → (image float32 (H, W, D), masks bool (N, H, W, D), GridRecord, modality).
+def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality: str | None = None,
+                spacing_mm=SAT_SPACING_MM):
+    """One scan → (image float32 (H, W, D), masks bool (N, H, W, D), GridRecord, modality), on a grid of
+    ``spacing_mm`` voxels (SAT: 1×1×3 mm).
 
     Raises:
         PrepareFailed: missing or unreadable files, or a mask that does not fit the image.
@@ -271,7 +274,7 @@ def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality
         raise PrepareFailed("unreadable", str(exc)) from None
     modality = normalize_modality(modality) if modality else entry.modality
     mask = read_mask(mask_path, volume.shape, entry.mask_format)
-    raw, record = to_model_grid(volume, orientation=entry.orientation)
+    raw, record = to_model_grid(volume, orientation=entry.orientation, spacing_mm=spacing_mm)
     del volume
     on_grid = record.from_input_grid(mask, order="nearest")
     del mask
@@ -280,13 +283,14 @@ def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality
     return image, masks, record, modality
 
 
-def prepare_one(item: ScanItem, entry: DatasetEntry, root: Path, out: Path, manifest_path: Path):
+def prepare_one(item: ScanItem, entry: DatasetEntry, root: Path, out: Path, manifest_path: Path,
+                spacing_mm=SAT_SPACING_MM):
     """Standardise one scan and write it to the cache (not yet to the index); returns its CachedSample."""
     from satseg.training.cache import CachedSample, write_sample
 
     image_path = resolve_path(root, item.image).resolve()
     mask_path = resolve_path(root, item.mask).resolve()
-    image, masks, record, modality = standardise(image_path, mask_path, entry, item.modality)
+    image, masks, record, modality = standardise(image_path, mask_path, entry, item.modality, spacing_mm)
     sample = CachedSample(dataset=entry.name, sample_id=item.sample_id, patient_id=item.patient_id,
                           split="test" if entry.split.is_test(item.patient_id) else "train", modality=modality,
                           terms=list(entry.terms), shape=list(image.shape), source=str(image_path))
@@ -304,11 +308,12 @@ def _entry_in_worker(manifest_path: str, name: str) -> DatasetEntry:
     return load_manifest(manifest_path)[name]
 
 
-def _work(item: ScanItem, manifest_path: str, name: str, root: str, out: str) -> tuple[str, str]:
+def _work(item: ScanItem, manifest_path: str, name: str, root: str, out: str,
+          spacing_mm: tuple[float, float, float]) -> tuple[str, str]:
     """Runs in a worker process: ("ok", sample json) or (kind, reason)."""
     try:
         entry = _entry_in_worker(manifest_path, name)
-        sample = prepare_one(item, entry, Path(root), Path(out), Path(manifest_path))
+        sample = prepare_one(item, entry, Path(root), Path(out), Path(manifest_path), spacing_mm)
         return "ok", sample.to_json()
     except PrepareFailed as exc:
         return exc.kind, str(exc)
@@ -323,6 +328,7 @@ def _work(item: ScanItem, manifest_path: str, name: str, root: str, out: str) ->
 
 def prepare_dataset(entry: DatasetEntry, scans: list[ScanItem], root: str | Path, out: str | Path, *,
                     manifest_path: str | Path | None = None, workers: int = 1, limit: int | None = None,
+                    spacing_mm=SAT_SPACING_MM,
                     progress: Callable[[int, int, str, str], None] | None = None) -> PrepareReport:
     """Prepare every scan of one dataset not yet in the cache ``out``.
 
@@ -334,16 +340,18 @@ def prepare_dataset(entry: DatasetEntry, scans: list[ScanItem], root: str | Path
         manifest_path: the manifest file/folder ``entry`` came from (workers reload it; stored for evaluate).
         workers: processes; 1 runs in this process.
         limit: prepare at most this many new scans (smoke runs).
+        spacing_mm: voxel size of the model grid (SAT: 1×1×3 mm); a cache holds one grid only.
         progress: called as ``progress(done, total, sample_id, status)`` after each scan.
 
     Returns:
         The report; failures are listed, never raised.
     """
-    from satseg.training.cache import CachedSample, append_index, open_cache
+    from satseg.training.cache import CachedSample, append_index, claim_spacing, open_cache
 
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    spacing_mm = claim_spacing(out, spacing_mm)
     manifest_path = Path(manifest_path or DEFAULT_DIR / f"{entry.name}.json").resolve()
     report = PrepareReport(dataset=entry.name, scans=len(scans))
     indexed = open_cache(out, datasets=[entry.name]) if (out / "index.jsonl").exists() else []
@@ -353,7 +361,7 @@ def prepare_dataset(entry: DatasetEntry, scans: list[ScanItem], root: str | Path
     report.already_done = len(unique) - len(todo)
     if limit is not None:
         todo = todo[:limit]
-    args = (str(manifest_path), entry.name, str(Path(root).resolve()), str(out))
+    args = (str(manifest_path), entry.name, str(Path(root).resolve()), str(out), spacing_mm)
 
     def finish(item: ScanItem, status: str, detail: str, count: int) -> None:
         if status == "ok":

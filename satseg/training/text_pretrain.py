@@ -12,7 +12,8 @@ concept text and its partner (definition, synonym or relation phrase; see :mod:`
 Only MPNet layers with index > ``open_layer`` and the pooler are trained (``open_layer`` 8 → layers 9–11 +
 pooler, as upstream's ``open_bert_layer``); embeddings and the other layers stay frozen. The projection
 layer and modality embedding do not enter this loss: they are written as initialised (projection weights
-normal with std hidden^-0.5, as upstream initialises a fresh knowledge encoder).
+normal with std hidden^-0.5, as upstream initialises a fresh knowledge encoder; modality rows N(0, 0.02²), see
+:func:`satseg.training.fit.init_fresh_modality_embedding`, so that ``fit`` starts with distinct queries).
 
 Output: ``RUN/text_encoder.pth`` in the released text-encoder layout (loadable by
 :func:`satseg.model.checkpoint.load_text_checkpoint`, so ``satseg train fit --text-init`` can start from it),
@@ -201,6 +202,9 @@ def pretrain_text(knowledge: str | Path | KnowledgePool, tokenizer_dir: str | Pa
     tokenizer = SATTokenizer(tokenizer_dir, max_tokens=options.max_tokens)
     encoder = build_text_encoder(variant)
     init_projection(encoder)
+    from satseg.training.fit import init_fresh_modality_embedding
+
+    init_fresh_modality_embedding(encoder)  # not trained here; N(0, 1) rows would swamp the text in every query
     if init_text_checkpoint is not None:
         load_text_checkpoint(encoder, init_text_checkpoint)
         start = f"text checkpoint {init_text_checkpoint}"
