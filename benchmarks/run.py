@@ -147,7 +147,8 @@ def compare_with_reference(predictor, seg, prompts: list[str]) -> dict:
     from satseg.inference.prepare import choose_orientation
     from satseg.intensity import normalize
 
-    raw, record = to_model_grid(seg.volume, orientation=choose_orientation(seg.volume, "auto"))
+    raw, record = to_model_grid(seg.volume, orientation=choose_orientation(seg.volume, "auto"),
+                                spacing_mm=predictor.model.config.spacing)
     image = torch.from_numpy(normalize(raw, seg.modality))
     terms = list(dict.fromkeys(t for r in seg.resolutions for t in r["terms"]))
     queries = predictor.embed(terms, seg.modality)
