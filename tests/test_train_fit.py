@@ -415,9 +415,31 @@ def test_a_fresh_run_may_change_the_architecture_numbers_and_records_them(exampl
         assert refused.returncode == 2 and complaint in refused.stderr, refused.stderr
 
 
+def test_the_query_side_stays_fixed_for_its_frozen_steps_while_the_u_net_learns(example_cache, mpnet_dir, tmp_path):
+    from satseg.training.checkpointing import load_checkpoint
+
+    run = tmp_path / "run"
+    result = run_fit(TINY, example_cache, run, mpnet_dir, "--steps", "3", "--set", "checkpoint.every_steps=1",
+                     "--set", "schedule.freeze_query_side_steps=2")
+    assert result.returncode == 0, result.stderr
+    states = {k: load_checkpoint(run / "checkpoints" / f"step_{k}.pt") for k in (1, 2, 3)}
+
+    def changed(prefix: str, a: int, b: int, part: str = "model") -> bool:
+        return any(not torch.equal(tensor, states[b][part][key]) for key, tensor in states[a][part].items()
+                   if key.startswith(prefix))
+
+    for prefix in ("mask_embed_proj.", "transformer_decoder.", "projection_layer.", "mid_mask_embed_proj."):
+        assert not changed(prefix, 1, 2), prefix  # held during steps 1-2
+        assert changed(prefix, 2, 3), prefix  # trained from step 3
+    assert not changed("", 1, 2, "text_encoder")  # the text tower is part of the query side (open here)
+    assert changed("", 2, 3, "text_encoder")
+    assert changed("backbone.", 1, 2)  # the U-Net learns throughout
+
+
 @pytest.mark.slow
-def test_tiny_model_overfits_liver_spleen_and_kidneys_of_the_scan_it_trained_on(reference_files, mpnet_dir, tmp_path):
-    """The scripted example (prepare → fit tiny.yaml on CPU → export → evaluate → segment) on real CT:
+def test_tiny_model_overfits_liver_spleen_and_kidneys_of_the_scan_it_trained_on(reference_files, mpnet_dir,
+                                                                                 shared_reference, tmp_path):
+    """The scripted example (prepare → text stage → fit tiny.yaml on CPU → export → evaluate → segment) on real CT:
     Dice ≥ 0.80 per organ of the masks `satseg SCAN --model tiny-overfit` writes for the scan it trained on."""
     import importlib.util
 
@@ -425,8 +447,9 @@ def test_tiny_model_overfits_liver_spleen_and_kidneys_of_the_scan_it_trained_on(
                                                   REPO / "train" / "examples" / "overfit_example_ct.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    knowledge = shared_reference / "sat" / "sat-pretrain" / "supplementary_lab2def_gpt.json"
     report = example.main(["--reference-files", str(reference_files), "--mpnet", str(mpnet_dir),
-                           "--work", str(tmp_path / "overfit")])
+                           "--knowledge", str(knowledge), "--work", str(tmp_path / "overfit")])
     assert set(report["dice_trained_scan"]) == {"liver", "spleen", "left kidney", "right kidney"}
     for organ, dice in report["dice_trained_scan"].items():
         assert dice >= 0.80, f"{organ}: Dice {dice} on the scan it trained on"

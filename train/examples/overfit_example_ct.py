@@ -8,7 +8,9 @@ fetches both: TotalSegmentator's example CTs and the MPNet tokenizer). In ``--wo
 1. writes a one-dataset manifest entry + SAT-DS scans jsonl for two example CTs: ``example_ct_sm`` (labels
    ``example_seg``: 1 spleen, 2 right kidney, 3 left kidney, 5 liver; the training scan) and ``example_ct``
    (labels ``example_seg_fast_force_split``, same ids; the test scan);
-2. ``satseg train prepare`` → ``satseg train fit --config train/configs/tiny.yaml`` (CPU) →
+2. ``satseg train prepare`` → ``satseg train text --variant tiny`` (SAT's stage 1: contrastive pretraining of the
+   small text tower on the SAT-Pretrain knowledge file, ~30 s, so each prompt gets its own code) →
+   ``satseg train fit --config train/configs/tiny.yaml --text-init`` that tower (CPU) →
    ``satseg train export --name tiny-overfit`` (registered in ``WORK/satseg-home``, not your ``~/.satseg``) →
    ``satseg train evaluate --model tiny-overfit --split all`` (Dice and NSD on each scan's native grid);
 3. ``satseg SCAN -p liver -p spleen -p "left kidney" -p "right kidney" -o OUT --model tiny-overfit`` on both
@@ -36,6 +38,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "train" / "configs" / "tiny.yaml"
 DATA = Path.home() / ".cache" / "satseg-test-data"
+KNOWLEDGE = REPO.parent / "shared" / "reference" / "sat" / "sat-pretrain" / "supplementary_lab2def_gpt.json"
+# stage-1 text pretraining of the tiny tower: 300 steps of 64 pairs (~30 s on 2 CPU cores)
+TEXT_ARGS = ("--variant", "tiny", "--steps", "300", "--batch", "64", "--lr", "1e-3", "--warmup", "20",
+             "--open-layer", "-1", "--max-tokens", "64", "--device", "cpu")
 DATASET = "TotalSegExample"
 MODEL = "tiny-overfit"
 # TotalSegmentator `total` id → (its class name, the SAT term and prompt)
@@ -110,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-files", type=Path, default=DATA / "totalseg" / "reference_files")
     parser.add_argument("--mpnet", type=Path, default=DATA / "all-mpnet-base-v2", help="MPNet tokenizer folder")
+    parser.add_argument("--knowledge", type=Path, default=KNOWLEDGE,
+                        help="SAT-Pretrain knowledge file (concept → definition, synonyms) for the text stage")
     parser.add_argument("--work", type=Path, default=Path("overfit-run"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for fit")
     args = parser.parse_args(argv)
@@ -122,9 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = {}
     _, seconds["prepare"] = satseg("train", "prepare", "--manifest", str(manifest), "--scans", str(scans),
                                    "--root", str(data), "--out", str(cache), "--dataset", DATASET, env=env)
+    if not args.knowledge.is_file():
+        raise SystemExit(f"no knowledge file at {args.knowledge}: pass --knowledge (SAT-Pretrain format)")
+    _, seconds["text"] = satseg("train", "text", "--knowledge", str(args.knowledge), "--mpnet", str(args.mpnet),
+                                "--out", str(work / "text"), *TEXT_ARGS, env=env)
     overrides = [f"data.datasets=[{DATASET}]", *args.overrides]
     _, seconds["fit"] = satseg("train", "fit", "--config", str(CONFIG), "--cache", str(cache), "--out", str(run),
                                "--tokenizer", str(args.mpnet), "--device", "cpu",
+                               "--text-init", str(work / "text" / "text_encoder.pth"),
                                *[part for item in overrides for part in ("--set", item)], env=env)
     _, seconds["export"] = satseg("train", "export", "--name", MODEL, "--checkpoint",
                                   str(run / "checkpoints" / "latest.pt"), "--tokenizer", str(args.mpnet), env=env)
