@@ -24,7 +24,8 @@ TINY = REPO / "train" / "configs" / "tiny.yaml"
 ORGANS = {1: "spleen", 2: "right kidney", 3: "left kidney", 5: "liver"}
 FAST = ["--set", "data.crop_size=[64,64,32]", "--set", "text_encoder.init=random",
         "--set", "text_encoder.open_bert_layer=0", "--set", "checkpoint.latest_every_steps=1",
-        "--set", "schedule.steps=20", "--set", "schedule.warmup_steps=2"]
+        "--set", "schedule.steps=20", "--set", "schedule.warmup_steps=2",
+        "--set", "schedule.freeze_query_side_steps=0"]
 
 
 def build_example_cache(reference_files: Path, root: Path, *, dataset: str = "TotalSegmentator_Organs",

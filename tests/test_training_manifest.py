@@ -170,7 +170,8 @@ def test_nano_and_pro_configs_carry_the_papers_hyperparameters():
         assert cfg["model"] == {"variant": variant, "deep_supervision": True}
         assert cfg["data"]["crop_size"] == [288, 288, 64] and cfg["data"]["max_queries"] == 32
         assert cfg["batch"] == {"per_gpu": per_gpu, "accumulate": 1}
-        assert cfg["schedule"] == {"steps": 200000, "warmup_steps": 20000, "decay": "cosine"}
+        assert cfg["schedule"] == {"steps": 200000, "warmup_steps": 20000, "decay": "cosine",
+                                      "freeze_query_side_steps": 0}
         assert cfg["optim"] == {"name": "adamw", "lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
         assert cfg["precision"] == {"amp": True, "dtype": "float16", "grad_scaler": True}
         assert cfg["distributed"]["gpus_per_node"] * cfg["distributed"]["nodes"] == 8 * nodes
