@@ -170,17 +170,6 @@ def test_an_exported_model_segments_on_the_grid_it_was_trained_on(trained_mixed,
     assert result.masks["liver"].shape == nib.load(scan).shape
 
 
-def test_evaluate_refuses_a_cache_prepared_on_another_grid(tmp_path):
-    from satseg.cli.train_evaluate import check_grid
-    from satseg.errors import InputError
-    from satseg.training.cache import claim_spacing
-
-    claim_spacing(tmp_path, (1.0, 1.0, 3.0))
-    check_grid((1.0, 1.0, 3.0), tmp_path)
-    with pytest.raises(InputError, match="1×1×3 mm grid but the model works on 3×3×3 mm"):
-        check_grid((3.0, 3.0, 3.0), tmp_path)
-
-
 def test_a_changed_exported_file_is_refused_at_use(trained, env, mpnet_dir, capsys):
     path, _, _ = trained
     out = env / "m.safetensors"
@@ -288,10 +277,9 @@ def test_hub_form_entry_is_a_valid_manifest_entry_with_one_file_and_the_tokenize
     assert set(parsed.tokenizer.optional_files) == {"tokenizer.json", "special_tokens_map.json"}
 
 
-def test_weights_import_registers_a_satseg_safetensors_file(tmp_path, mpnet_dir, monkeypatch):
+def test_weights_import_registers_a_satseg_safetensors_file(isolated_home, tmp_path, mpnet_dir, capsys):
     from satseg.model.checkpoint import save_satseg_weights
 
-    monkeypatch.setenv("SATSEG_HOME", str(tmp_path / "home"))
     path = save_satseg_weights(build_sat("tiny"), build_text_encoder("tiny"), tmp_path / "site.safetensors")
     assert main(["weights", "import", "--name", "site-tiny", "--checkpoint", str(path),
                  "--tokenizer", str(mpnet_dir)]) == 0
@@ -299,3 +287,4 @@ def test_weights_import_registers_a_satseg_safetensors_file(tmp_path, mpnet_dir,
     assert files.format == "satseg-safetensors" and files.checkpoint == path.resolve()
     assert main(["weights", "import", "--name", "x", "--checkpoint", str(tmp_path / "a.pth"),
                  "--tokenizer", str(mpnet_dir)]) == 2
+    assert "needs --variant and --text-checkpoint" in capsys.readouterr().err

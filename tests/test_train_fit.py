@@ -367,7 +367,7 @@ def test_fresh_text_heads_give_each_prompt_its_own_query(example_cache, mpnet_di
 
     config = load_config(TINY, ["text_encoder.init=random"])
     options = FitOptions(cache=example_cache, out=tmp_path / "run", tokenizer=mpnet_dir)
-    built = build_everything(config, options, distributed.init_from_env("cpu", None), torch.device("cpu"), None)
+    built = build_everything(config, options, distributed.init_from_env("cpu", None), None)
     queries = torch.nn.functional.normalize(built.text.eval().encode(list(ORGANS.values()), "ct", built.tokenizer))
     cosines = queries @ queries.T
     assert cosines[~torch.eye(len(ORGANS), dtype=torch.bool)].max() < 0.95

@@ -109,6 +109,16 @@ def test_prepare_on_another_grid_records_it_and_a_cache_never_mixes_grids(exampl
     assert (out / "index.jsonl").read_bytes() == before and cache_spacing(prepared[1]) == (1.0, 1.0, 3.0)
 
 
+def test_fit_and_evaluate_refuse_a_cache_prepared_on_another_grid_than_the_models(tmp_path):
+    from satseg.errors import InputError
+    from satseg.training.cache import claim_spacing, require_grid
+
+    claim_spacing(tmp_path, (1.0, 1.0, 3.0))
+    require_grid(tmp_path, (1.0, 1.0, 3.0))
+    with pytest.raises(InputError, match="1×1×3 mm grid but the model works on 3×3×3 mm"):
+        require_grid(tmp_path, (3.0, 3.0, 3.0))
+
+
 def test_merged_kidney_is_the_union_of_left_and_right_kidney(prepared):
     _, out = prepared
     for sample in open_cache(out):

@@ -34,7 +34,7 @@ def command(
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
 ) -> None:
     from satseg.errors import EXIT_COHORT_FAILED, InputError
-    from satseg.training.cache import open_cache
+    from satseg.training.cache import open_cache, require_grid
     from satseg.training.evaluate import evaluate_cache, write_evaluation
 
     if (model is None) == (checkpoint is None):
@@ -50,7 +50,7 @@ def command(
         from satseg.inference.predictor import Predictor
 
         predictor = Predictor.from_pretrained(model, runtime)
-    check_grid(predictor.model.config.spacing, cache)
+    require_grid(cache, predictor.model.config.spacing)
 
     def progress(done: int, total: int, sample_id: str) -> None:
         log.info("[%d/%d] %s", done, total, sample_id)
@@ -70,16 +70,3 @@ def command(
             typer.echo(f"  failed {failure['dataset']} {failure['sample_id']}: {failure['reason']}", err=True)
         raise typer.Exit(EXIT_COHORT_FAILED)
 
-
-def check_grid(model_spacing, cache: Path) -> None:
-    """The model must see scans on the grid it was trained on: refuse a cache prepared on another one."""
-    import numpy as np
-
-    from satseg.errors import InputError
-    from satseg.training.cache import cache_spacing, mm_text
-
-    on_cache = cache_spacing(cache)
-    if not np.allclose(on_cache, model_spacing, rtol=0, atol=1e-6):
-        raise InputError(f"{cache} was prepared on a {mm_text(on_cache)} grid but the model works on "
-                         f"{mm_text(model_spacing)}: prepare the scans with --spacing "
-                         f"{' '.join(f'{v:g}' for v in model_spacing)} into another cache")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 # Modality codes of the released text encoders (SAT_SPEC §2.4): ct 0, mri 1, us 2, pet 3.
 MODALITY_CODES: dict[str, int] = {"ct": 0, "mri": 1, "us": 2, "pet": 3}
@@ -75,7 +75,7 @@ class SATConfig:
     @classmethod
     def from_dict(cls, data: dict) -> SATConfig:
         """Inverse of :meth:`to_dict` (JSON lists back to tuples)."""
-        tuples = {"features", "mid_mask_hidden", "window", "stride", "spacing"}
+        tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
         values = {k: (tuple(v) if k in tuples else v) for k, v in data.items() if k != "text"}
         return cls(**values, text=TextConfig(**data["text"]))
 

@@ -26,18 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from satseg.errors import InputError
+from satseg.geometry import MODEL_SPACING_MM
 from satseg.io.atomic import atomic_path
 
 INDEX = "index.jsonl"
 GRID = "grid.json"
-SAT_SPACING_MM = (1.0, 1.0, 3.0)
 
 
 def cache_spacing(root: str | Path) -> tuple[float, float, float]:
     """The voxel size (mm) the cache at ``root`` was prepared on (SAT's 1×1×3 mm when it does not say)."""
     path = Path(root) / GRID
     if not path.is_file():
-        return SAT_SPACING_MM
+        return MODEL_SPACING_MM
     try:
         values = json.loads(path.read_text())["spacing_mm"]
         spacing = tuple(float(v) for v in values)
@@ -46,6 +46,19 @@ def cache_spacing(root: str | Path) -> tuple[float, float, float]:
     if len(spacing) != 3:
         raise InputError(f"{path}: spacing_mm must hold three numbers, got {values!r}")
     return spacing  # type: ignore[return-value]
+
+
+def same_grid(a, b) -> bool:
+    return bool(np.allclose(a, b, rtol=0, atol=1e-6))
+
+
+def require_grid(root: str | Path, model_spacing) -> None:
+    """A model sees scans only on the grid it works on: refuse a cache prepared on another one."""
+    on_cache = cache_spacing(root)
+    if not same_grid(on_cache, model_spacing):
+        raise InputError(f"{root} was prepared on a {mm_text(on_cache)} grid but the model works on "
+                         f"{mm_text(model_spacing)}: prepare the scans with `satseg train prepare --spacing "
+                         f"{' '.join(f'{v:g}' for v in model_spacing)}` into another cache")
 
 
 def claim_spacing(root: str | Path, spacing_mm) -> tuple[float, float, float]:
@@ -57,7 +70,7 @@ def claim_spacing(root: str | Path, spacing_mm) -> tuple[float, float, float]:
     has_scans = (root / INDEX).is_file() and (root / INDEX).stat().st_size > 0
     if (root / GRID).is_file() or has_scans:
         existing = cache_spacing(root)
-        if not np.allclose(existing, spacing, rtol=0, atol=1e-6):
+        if not same_grid(existing, spacing):
             raise InputError(f"{root} holds scans on a {mm_text(existing)} grid; prepare {mm_text(spacing)} into "
                              "another --out folder")
         if (root / GRID).is_file():

@@ -88,15 +88,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     return gathered
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def cleanup() -> None:
     if is_initialized():
         dist.destroy_process_group()

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from satseg.errors import InputError, SatsegError
+from satseg.training.checkpointing import FORMAT
 from satseg.training.metrics import dice, surface_dice
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ def load_training_checkpoint(path: str | Path, tokenizer_dir: str | Path, runtim
 
     path = Path(path)
     data = safe_load(path)
-    if data.get("format") != "satseg-train":
+    if data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a satseg training checkpoint (format {data.get('format')!r}); "
                               "for released or exported weights use --model NAME")
     missing = [k for k in ("variant", "model", "text_encoder") if k not in data]

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from satseg.errors import CheckpointError, InputError
+from satseg.training.checkpointing import FORMAT
 
 log = logging.getLogger(__name__)
 
-TRAINING_FORMAT = "satseg-train"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
@@ -70,7 +70,7 @@ def read_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
     # numpy arrays (e.g. a saved numpy RNG state) are plain data: allow their reconstruction as well
     with torch.serialization.safe_globals([np.ndarray, multiarray._reconstruct]):
         data = safe_load(path)
-    if data.get("format") != TRAINING_FORMAT:
+    if data.get("format") != FORMAT:
         hint = (" (a released SAT checkpoint: use --official with --text-checkpoint and --variant)"
                 if "model_state_dict" in data else "")
         raise CheckpointError(f"{path} is not a satseg training checkpoint (format={data.get('format')!r}){hint}")

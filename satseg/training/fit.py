@@ -30,6 +30,7 @@ from torch import nn
 
 from satseg.errors import CheckpointError, InputError
 from satseg.model.checkpoint import load_mpnet_folder
+from satseg.model.text import init_fresh_modality_embedding
 from satseg.training import checkpointing as ckpt
 from satseg.training import distributed as dist
 from satseg.training.loss import SegmentationLoss
@@ -176,20 +177,21 @@ class Trainer:
         self.dist = dist.init_from_env(self.device.type, backend if backend in ("gloo", "nccl") else None)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
-        resume_from = ckpt.latest_checkpoint(self.run_dir) if options.resume else None
-        if resume_from is None and ckpt.latest_checkpoint(self.run_dir) is not None:
+        existing = ckpt.latest_checkpoint(self.run_dir)
+        if existing is not None and not options.resume:
             raise InputError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                              "or choose another --out")
-        self.resumed = ckpt.load_checkpoint(resume_from) if resume_from else None
-        if self.resumed is not None and self.resumed["config"] != config:
-            log.warning("resuming with the configuration saved in %s (the given --config differs)", resume_from)
-            config = self.resumed["config"]
+        # held only while building: the payload carries a full copy of the weights and the optimizer state
+        resumed = ckpt.load_checkpoint(existing) if existing is not None else None
+        if resumed is not None and resumed["config"] != config:
+            log.warning("resuming with the configuration saved in %s (the given --config differs)", existing)
+            config = resumed["config"]
         self.config = config
         if self.dist.is_main:
             from satseg.io.atomic import write_text_atomic
 
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        built = build_everything(config, options, self.dist, self.device, self.resumed)
+        built = build_everything(config, options, self.dist, resumed)
         self.model_config, self.sat, self.text = built.model_config, built.sat, built.text
         self.tokenizer, self.tokenizer_dir, self.sampler = built.tokenizer, built.tokenizer_dir, built.sampler
         self.module = SATWithText(self.sat, self.text).to(self.device)
@@ -222,8 +224,8 @@ class Trainer:
         self.per_gpu, self.accumulate = int(batch.get("per_gpu", 1)), int(batch.get("accumulate", 1))
         self.step = 0
         self._pooled: dict[str, torch.Tensor] = {}
-        if self.resumed is not None:
-            self._restore(self.resumed)
+        if resumed is not None:
+            self._restore(resumed)
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -329,7 +331,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-                values = dist.all_reduce_mean(torch.tensor(sums / self.accumulate, dtype=torch.float64))
+                on = self.device if self.dist.enabled else "cpu"  # NCCL reduces CUDA tensors only
+                values = dist.all_reduce_mean(torch.tensor(sums / self.accumulate, dtype=torch.float64, device=on))
                 last_loss = float(values[0])
                 row = {"step": self.step, "loss": last_loss, "dice_loss": float(values[1]), "bce": float(values[2]),
                        "lr": lr, "time": time.perf_counter() - tick, "elapsed": time.perf_counter() - began}
@@ -436,8 +439,6 @@ def fit(config: dict, options: FitOptions) -> FitResult:
         dist.cleanup()
 
 
-
-
 # -- configuration ----------------------------------------------------------------------------------------
 
 REQUIRED = {"model": ("variant",), "data": ("crop_size", "max_queries"), "optim": ("lr",), "schedule": ("steps",),
@@ -508,7 +509,7 @@ def _text_source(config: dict, options: FitOptions, has_paired_text: bool) -> st
     return source
 
 
-def build_everything(config: dict, options: FitOptions, info, device, resumed: dict | None) -> _Built:
+def build_everything(config: dict, options: FitOptions, info, resumed: dict | None) -> _Built:
     from satseg.model.checkpoint import (
         _state_dict_of,
         load_text_checkpoint,
@@ -590,18 +591,6 @@ def build_everything(config: dict, options: FitOptions, info, device, resumed: d
     return _Built(model_config, sat, text, tokenizer, tokenizer_dir, sampler)
 
 
-def init_fresh_modality_embedding(text: nn.Module, std: float = 0.02) -> None:
-    """A modality embedding that no checkpoint provides starts at N(0, std²), not torch's N(0, 1).
-
-    Queries are ``projection(text) + modality_embed``: with N(0, 1) rows (norm ≈ 8 at width 64, ≈ 28 at 768)
-    the freshly initialised projection's output (norm ≈ 1) is a few percent of every query, so all prompts of a
-    modality start as one query (measured on the tiny preset: cosine 0.997-0.999 between spleen, liver and
-    both kidneys) and training learned organ-vs-background but not which organ. Small rows keep the prompts apart.
-    """
-    with torch.no_grad():
-        text.modality_embed.weight.normal_(0.0, std)
-
-
 # Numbers of the segmentation model a fresh run may change (``model.architecture``); the code stays the same.
 ARCHITECTURE_KEYS = ("features", "encoder_convs", "decoder_convs", "projection_hidden", "mask_hidden",
                      "mid_mask_hidden", "query_dim", "decoder_layers", "decoder_heads", "decoder_ffn")
@@ -639,9 +628,8 @@ def with_architecture(model_config, overrides):
 def with_model_grid(model_config, wanted, cache: Path, *, fixed: bool):
     """The model's voxel size: ``model.spacing`` from the config, else the init's (``fixed``), else the cache's.
     The cache must have been prepared on that grid (``satseg train prepare --spacing``)."""
-    from satseg.training.cache import cache_spacing, mm_text as _mm
+    from satseg.training.cache import cache_spacing, mm_text, require_grid, same_grid
 
-    on_cache = cache_spacing(cache)
     if wanted is not None:
         given = wanted
         try:
@@ -650,14 +638,11 @@ def with_model_grid(model_config, wanted, cache: Path, *, fixed: bool):
             wanted = ()
         if len(wanted) != 3 or any(not v > 0 for v in wanted):
             raise InputError(f"model.spacing {given!r}: three positive voxel sizes in mm, e.g. [1.0, 1.0, 3.0]")
-        if fixed and not np.allclose(wanted, model_config.spacing, rtol=0, atol=1e-6):
-            raise InputError(f"model.spacing {_mm(wanted)}: the weights this run starts from work on a "
-                             f"{_mm(model_config.spacing)} grid")
-    target = wanted if wanted is not None else (tuple(model_config.spacing) if fixed else on_cache)
-    if not np.allclose(target, on_cache, rtol=0, atol=1e-6):
-        raise InputError(f"{cache} was prepared on a {_mm(on_cache)} grid but the model works on {_mm(target)}: "
-                         f"run `satseg train prepare --spacing {' '.join(f'{v:g}' for v in target)}` into "
-                         "another cache")
+        if fixed and not same_grid(wanted, model_config.spacing):
+            raise InputError(f"model.spacing {mm_text(wanted)}: the weights this run starts from work on a "
+                             f"{mm_text(model_config.spacing)} grid")
+    target = wanted if wanted is not None else (tuple(model_config.spacing) if fixed else cache_spacing(cache))
+    require_grid(cache, target)
     return replace(model_config, spacing=tuple(target))
 
 

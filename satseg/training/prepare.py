@@ -4,8 +4,8 @@ Per scan (SAT-DS ``loader.py``, spec 7.2), with the inference code, not a copy o
 
 1. read the image and its mask;
 2. :func:`satseg.geometry.to_model_grid` with the dataset's orientation (RAS unless the manifest says ASR, IPL,
-   LPS): reorient, resample to 1×1×3 mm (linear; ``--spacing`` picks another grid), crop to voxels > 0 — the :class:`~satseg.geometry.GridRecord`
-   says what it did;
+   LPS): reorient, resample to 1×1×3 mm (linear; ``--spacing`` picks another grid), crop to voxels > 0 — the
+   :class:`~satseg.geometry.GridRecord` says what it did;
 3. push the mask through the same record with nearest-neighbour sampling (SAT-DS: ``Spacingd(mode="nearest")``
    for labels, same crop box);
 4. turn raw labels into the dataset's SAT terms (:func:`iter_term_masks`: label values / channels / binary,
@@ -35,8 +35,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from satseg.errors import InputError, SatsegError
+from satseg.geometry import MODEL_SPACING_MM
 from satseg.training.manifest import DEFAULT_DIR, DatasetEntry, load_manifest
-from satseg.training.cache import SAT_SPACING_MM
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def read_mask(path: Path, image_shape: tuple[int, ...], mask_format: str) -> np.
 
 
 def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality: str | None = None,
-                spacing_mm=SAT_SPACING_MM):
+                spacing_mm=MODEL_SPACING_MM):
     """One scan → (image float32 (H, W, D), masks bool (N, H, W, D), GridRecord, modality), on a grid of
     ``spacing_mm`` voxels (SAT: 1×1×3 mm).
 
@@ -284,7 +284,7 @@ def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality
 
 
 def prepare_one(item: ScanItem, entry: DatasetEntry, root: Path, out: Path, manifest_path: Path,
-                spacing_mm=SAT_SPACING_MM):
+                spacing_mm=MODEL_SPACING_MM):
     """Standardise one scan and write it to the cache (not yet to the index); returns its CachedSample."""
     from satseg.training.cache import CachedSample, write_sample
 
@@ -328,7 +328,7 @@ def _work(item: ScanItem, manifest_path: str, name: str, root: str, out: str,
 
 def prepare_dataset(entry: DatasetEntry, scans: list[ScanItem], root: str | Path, out: str | Path, *,
                     manifest_path: str | Path | None = None, workers: int = 1, limit: int | None = None,
-                    spacing_mm=SAT_SPACING_MM,
+                    spacing_mm=MODEL_SPACING_MM,
                     progress: Callable[[int, int, str, str], None] | None = None) -> PrepareReport:
     """Prepare every scan of one dataset not yet in the cache ``out``.
 

@@ -122,28 +122,44 @@ def centred_start(voxel: Sequence[int], shape: Sequence[int], crop: Sequence[int
     return start[0], start[1], start[2]
 
 
-def random_voxel(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int] | None:
-    """A uniformly chosen True voxel of a (H, W, D) mask, or None when it is empty."""
-    flat = np.flatnonzero(mask)
+class Foreground:
+    """Flat indices of the True voxels of each mask channel, and of their union, found once per loaded scan."""
+
+    def __init__(self, masks: np.ndarray):
+        self.masks = masks
+        self._flat: dict[int | None, np.ndarray] = {}
+
+    def __call__(self, channel: int | None) -> np.ndarray:
+        """Channel ``channel`` (None: any channel)."""
+        if channel not in self._flat:
+            region = self.masks.any(axis=0) if channel is None else self.masks[channel]
+            self._flat[channel] = np.flatnonzero(region)
+        return self._flat[channel]
+
+
+def random_voxel(flat: np.ndarray, shape: Sequence[int], rng: np.random.Generator) -> tuple[int, int, int] | None:
+    """A uniformly chosen voxel of the flat indices ``flat`` into ``shape``, or None when there is none."""
     if flat.size == 0:
         return None
-    index = np.unravel_index(int(flat[rng.integers(flat.size)]), mask.shape)
+    index = np.unravel_index(int(flat[rng.integers(flat.size)]), tuple(shape))
     return int(index[0]), int(index[1]), int(index[2])
 
 
 def choose_crop(masks: np.ndarray, boxes: Sequence[bool], crop: Sequence[int], settings: SamplerSettings,
-                rng: np.random.Generator) -> tuple[int, int, int]:
-    """Crop origin for padded (N, H, W, D) ``masks``; ``boxes[i]`` says whether term i is present at all."""
+                rng: np.random.Generator, foreground: Foreground | None = None) -> tuple[int, int, int]:
+    """Crop origin for padded (N, H, W, D) ``masks``; ``boxes[i]`` says whether term i is present at all;
+    ``foreground``: the scan's :class:`Foreground` when it is kept between draws."""
     shape = masks.shape[1:]
     if all(s <= c for s, c in zip(shape, crop)):
         return 0, 0, 0
     present = [i for i, p in enumerate(boxes) if p]
     if present and rng.random() < settings.foreground_crop_prob:
+        foreground = foreground or Foreground(masks)
         if rng.random() < settings.label_based_crop_prob:
-            region = masks[present[int(rng.integers(len(present)))]]
+            flat = foreground(present[int(rng.integers(len(present)))])
         else:
-            region = masks.any(axis=0)
-        voxel = random_voxel(region, rng)
+            flat = foreground(None)
+        voxel = random_voxel(flat, shape, rng)
         if voxel is not None:
             return centred_start(voxel, shape, crop, rng, settings.uncenter_prob)
     return tuple(int(rng.integers(0, s - c + 1)) for s, c in zip(shape, crop))  # type: ignore[return-value]
@@ -203,22 +219,22 @@ class SATSampler:
         weights = sample_weights(self.samples, self.settings, self.crop_size, self.max_queries, allow_repeat)
         self.probabilities = weights / weights.sum()
         self._cumulative = np.cumsum(self.probabilities)
-        self._loaded: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._loaded: OrderedDict[int, tuple[np.ndarray, np.ndarray, Foreground]] = OrderedDict()
         self._cached_scans = max(1, cached_scans)
 
     def rng_for(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.rank, int(index)])
 
-    def _load(self, which: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, which: int) -> tuple[np.ndarray, np.ndarray, Foreground]:
         if which in self._loaded:
             self._loaded.move_to_end(which)
             return self._loaded[which]
         image, masks = self.samples[which].load()
         image, masks = pad_to(image, self.crop_size), pad_to(masks, self.crop_size)
-        self._loaded[which] = (image, masks)
+        self._loaded[which] = (image, masks, Foreground(masks))
         while len(self._loaded) > self._cached_scans:
             self._loaded.popitem(last=False)
-        return image, masks
+        return self._loaded[which]
 
     def draw(self, index: int) -> Patch:
         rng = self.rng_for(index)
@@ -226,9 +242,9 @@ class SATSampler:
         which = min(which, len(self.samples) - 1)
         sample = self.samples[which]
         settings = self.settings[sample.dataset]
-        image, masks = self._load(which)
+        image, masks, foreground = self._load(which)
         present = [term in sample.boxes for term in sample.terms]
-        start = choose_crop(masks, present, self.crop_size, settings, rng)
+        start = choose_crop(masks, present, self.crop_size, settings, rng, foreground)
         crop_box = [list(start), [s + c for s, c in zip(start, self.crop_size)]]
         is_positive = [term in sample.boxes and boxes_overlap(sample.boxes[term], crop_box) for term in sample.terms]
         positives_first = rng.random() < settings.pos_label_first_prob

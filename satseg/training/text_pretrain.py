@@ -13,7 +13,7 @@ Only MPNet layers with index > ``open_layer`` and the pooler are trained (``open
 pooler, as upstream's ``open_bert_layer``); embeddings and the other layers stay frozen. The projection
 layer and modality embedding do not enter this loss: they are written as initialised (projection weights
 normal with std hidden^-0.5, as upstream initialises a fresh knowledge encoder; modality rows N(0, 0.02²), see
-:func:`satseg.training.fit.init_fresh_modality_embedding`, so that ``fit`` starts with distinct queries).
+:func:`satseg.model.text.init_fresh_modality_embedding`, so that ``fit`` starts with distinct queries).
 
 Output: ``RUN/text_encoder.pth`` in the released text-encoder layout (loadable by
 :func:`satseg.model.checkpoint.load_text_checkpoint`, so ``satseg train fit --text-init`` can start from it),
@@ -185,7 +185,7 @@ def pretrain_text(knowledge: str | Path | KnowledgePool, tokenizer_dir: str | Pa
     from satseg.io.atomic import write_text_atomic
     from satseg.model.build import build_text_encoder
     from satseg.model.checkpoint import load_mpnet_folder, load_text_checkpoint, write_official_checkpoint
-    from satseg.model.text import SATTokenizer
+    from satseg.model.text import SATTokenizer, init_fresh_modality_embedding
 
     options = options or TextPretrainOptions()
     if options.steps < 1 or options.batch < 2:
@@ -202,8 +202,6 @@ def pretrain_text(knowledge: str | Path | KnowledgePool, tokenizer_dir: str | Pa
     tokenizer = SATTokenizer(tokenizer_dir, max_tokens=options.max_tokens)
     encoder = build_text_encoder(variant)
     init_projection(encoder)
-    from satseg.training.fit import init_fresh_modality_embedding
-
     init_fresh_modality_embedding(encoder)  # not trained here; N(0, 1) rows would swamp the text in every query
     if init_text_checkpoint is not None:
         load_text_checkpoint(encoder, init_text_checkpoint)

@@ -100,6 +100,8 @@ def mask_dice(out: Path, labels: Path, below: int | None = None) -> dict[str, fl
     """Dice per organ of ``out/<prompt>.nii.gz`` against the label map (only slices < ``below`` when given)."""
     import nibabel as nib
 
+    from satseg.training.metrics import dice
+
     truth = np.asarray(nib.load(str(labels)).dataobj)
     scores = {}
     for value, (_, term) in ORGANS.items():
@@ -107,8 +109,7 @@ def mask_dice(out: Path, labels: Path, below: int | None = None) -> dict[str, fl
         expected = truth == value
         if below is not None:
             predicted, expected = predicted[:, :, :below], expected[:, :, :below]
-        total = int(predicted.sum() + expected.sum())
-        scores[term] = round(2 * int((predicted & expected).sum()) / total, 4) if total else 1.0
+        scores[term] = round(dice(predicted, expected), 4)
     return scores
 
 
