@@ -242,6 +242,20 @@ def test_padded_prompts_do_not_count():
     assert both.total.item() != pytest.approx(one.total.item(), abs=1e-3)
 
 
+def test_embedding_floor_penalty_counts_only_the_shortfall_of_real_prompts():
+    from satseg.training.loss import embedding_floor_penalty
+
+    pre = torch.tensor([[[-0.75, 0.3, -0.5, 2.0], [-1.5, -1.5, -1.5, -1.5]]], requires_grad=True)  # (B=1, N=2, C=4)
+    real_first = embedding_floor_penalty([pre], torch.tensor([[1.0, 0.0]]), floor=-0.5)
+    assert real_first.item() == pytest.approx(0.25 ** 2 / 4, abs=1e-7)  # only -0.75 is below the floor
+    real_first.backward()
+    assert pre.grad[0, 0].tolist() == pytest.approx([-0.125, 0.0, 0.0, 0.0])  # descent lifts it towards the floor
+    assert pre.grad[0, 1].abs().sum().item() == 0.0  # padding prompt
+    both = embedding_floor_penalty([pre, pre], torch.ones(1, 2), floor=-0.5)  # heads add up; prompts average
+    assert both.item() == pytest.approx(2 * (0.25 ** 2 / 4 + 1.0) / 2, abs=1e-6)
+    assert embedding_floor_penalty([pre.detach().clamp(min=-0.5)], torch.ones(1, 2), floor=-0.5).item() == 0.0
+
+
 def test_deep_supervision_weights_halve_per_scale_and_sum_to_one():
     from satseg.training.loss import SegmentationLoss, deep_supervision_weights
 
@@ -437,6 +451,24 @@ def test_the_query_side_stays_fixed_for_its_frozen_steps_while_the_u_net_learns(
     assert changed("backbone.", 1, 2)  # the U-Net learns throughout
 
 
+def test_the_embedding_floor_term_reaches_the_mask_heads_and_stays_out_of_the_logged_loss(example_cache, mpnet_dir,
+                                                                                        tmp_path):
+    from satseg.training.checkpointing import load_checkpoint
+
+    runs = {}
+    for weight in (0.0, 100.0):
+        run = tmp_path / f"floor{weight:g}"
+        result = run_fit(TINY, example_cache, run, mpnet_dir, "--steps", "1", "--set", "schedule.freeze_query_side_steps=0",
+                         "--set", f"loss.embedding_floor_weight={weight}", "--set", "loss.embedding_floor=0.5")
+        assert result.returncode == 0, result.stderr
+        runs[weight] = (load_checkpoint(run / "checkpoints" / "latest.pt")["model"], losses(run))
+    (plain, plain_loss), (floored, floored_loss) = runs[0.0], runs[100.0]
+    assert floored_loss == pytest.approx(plain_loss, abs=1e-6)  # metrics log Dice + BCE only
+    for head in ("mask_embed_proj.2.bias", "mid_mask_embed_proj.0.2.bias"):
+        lifted = floored[head] - plain[head]
+        assert lifted.mean().item() > 0, head  # fresh pre-activations sit mostly below 0.5: the term lifts the biases
+
+
 @pytest.mark.slow
 def test_tiny_model_overfits_liver_spleen_and_kidneys_of_the_scan_it_trained_on(reference_files, mpnet_dir,
                                                                                  shared_reference, tmp_path):
@@ -471,6 +503,7 @@ def test_init_from_a_released_layout_file_keeps_its_weights_and_adds_fresh_deep_
     result = run_fit(TINY, example_cache, run, mpnet_dir, "--steps", "1", "--init", str(tmp_path / "released.pth"),
                      "--set", "optim.lr=0.0")  # lr 0: the weights stay where they started
     assert result.returncode == 0, result.stderr
+    assert "model.architecture (for fresh runs) is not used" in result.stderr  # tiny.yaml widens the preset
     model = load_checkpoint(run / "checkpoints" / "latest.pt")["model"]
     for key, tensor in released.state_dict().items():
         assert torch.equal(model[key], tensor), key

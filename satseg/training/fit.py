@@ -33,7 +33,7 @@ from satseg.model.checkpoint import load_mpnet_folder
 from satseg.model.text import init_fresh_modality_embedding
 from satseg.training import checkpointing as ckpt
 from satseg.training import distributed as dist
-from satseg.training.loss import SegmentationLoss
+from satseg.training.loss import SegmentationLoss, embedding_floor_penalty
 from satseg.training.optim import WarmupCosine, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,13 @@ class Trainer:
         loss = config["loss"]
         self.loss = SegmentationLoss(loss.get("dice_weight", 1.0), loss.get("bce_weight", 1.0),
                                      loss.get("dice_smooth", 1e-7), loss.get("deep_supervision_weights"))
+        self.floor = float(loss.get("embedding_floor", -0.5))
+        self.floor_weight = float(loss.get("embedding_floor_weight", 0.0) or 0.0)
+        self._pre_activations: list[torch.Tensor] = []
+        if self.floor_weight > 0:
+            for head in [self.sat.mask_embed_proj, *getattr(self.sat, "mid_mask_embed_proj", [])]:
+                last = [m for m in head if isinstance(m, nn.Linear)][-1]
+                last.register_forward_hook(lambda _m, _i, out: self._pre_activations.append(out))
         batch = config["batch"]
         self.per_gpu, self.accumulate = int(batch.get("per_gpu", 1)), int(batch.get("accumulate", 1))
         self.step = 0
@@ -292,11 +299,17 @@ class Trainer:
         sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
+        self._pre_activations.clear()
         with sync:
             with autocast:
                 logits = self.ddp(image, inputs.pop("codes"), **inputs)
             parts = self.loss(logits, masks, query_mask)
-            self.scaler.scale(parts.total / self.accumulate).backward()
+            total = parts.total
+            if self.floor_weight > 0:
+                total = total + self.floor_weight * embedding_floor_penalty(self._pre_activations, query_mask,
+                                                                            self.floor)
+                self._pre_activations.clear()
+            self.scaler.scale(total / self.accumulate).backward()
         return parts.total.item(), parts.dice.item(), parts.bce.item()
 
     def run(self) -> FitResult:
@@ -538,7 +551,8 @@ def build_everything(config: dict, options: FitOptions, info, resumed: dict | No
             if released.variant != variant:
                 raise InputError(f"--init {init} is SAT-{released.variant} but the config trains {variant}")
     if init and config["model"].get("architecture"):
-        raise InputError("model.architecture is for fresh runs: --init keeps the architecture of the weights it loads")
+        log.warning("--init keeps the architecture of the weights it loads; model.architecture (for fresh runs) "
+                    "is not used")
     if init_payload is not None and init_payload["variant"] != variant:
         raise InputError(f"--init {init} holds a {init_payload['variant']} model but the config trains {variant}")
     text_source = None if resumed is not None else _text_source(config, options, bool(released or init_payload))
@@ -548,7 +562,7 @@ def build_everything(config: dict, options: FitOptions, info, resumed: dict | No
     elif init_payload is not None:
         model_config = ckpt.model_config_from_dict(init_payload["model_config"])
     else:
-        model_config = with_architecture(get_config(variant), config["model"].get("architecture"))
+        model_config = with_architecture(get_config(variant), None if init else config["model"].get("architecture"))
     if text_source and Path(text_source).is_dir():
         model_config = replace(model_config, text=ckpt.text_config_from_mpnet(text_source))
     if resumed is None:

@@ -34,6 +34,24 @@ def bce_per_prompt(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
 
 
+def embedding_floor_penalty(pre_activations: Sequence[torch.Tensor], query_mask: torch.Tensor,
+                            floor: float) -> torch.Tensor:
+    """Mean squared shortfall below ``floor`` of the mask heads' last pre-activations (before the final GELU),
+    over the real prompts, summed over heads: each (B, N, C), ``query_mask`` (B, N).
+
+    A training-only term (satseg; upstream has none). A channel driven to GELU's minimum (pre-activation
+    -0.75, output -0.17) has zero gradient and stays there; held above ``floor`` it keeps a gradient. Measured on the
+    tiny model: without it every prompt ends with one live channel and two prompts can share it (issue 5).
+    """
+    valid = query_mask.float()
+    count = valid.sum().clamp(min=1.0)
+    total = torch.zeros((), device=query_mask.device)
+    for pre in pre_activations:
+        shortfall = torch.relu(floor - pre.float()).pow(2).mean(-1)
+        total = total + (shortfall * valid).sum() / count
+    return total
+
+
 @dataclass
 class LossParts:
     """``total`` (differentiable scalar) = dice_weight · dice + bce_weight · bce, summed over scales."""
