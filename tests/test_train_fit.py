@@ -501,9 +501,10 @@ def test_init_from_a_released_layout_file_keeps_its_weights_and_adds_fresh_deep_
     write_official_checkpoint(released, tmp_path / "released.pth")
     run = tmp_path / "run"
     result = run_fit(TINY, example_cache, run, mpnet_dir, "--steps", "1", "--init", str(tmp_path / "released.pth"),
-                     "--set", "optim.lr=0.0")  # lr 0: the weights stay where they started
+                     "--set", "optim.lr=0.0",  # lr 0: the weights stay where they started
+                     "--set", "model.architecture={features: [16, 16, 16, 16, 32, 32]}")  # ignored: the file's own
     assert result.returncode == 0, result.stderr
-    assert "model.architecture (for fresh runs) is not used" in result.stderr  # tiny.yaml widens the preset
+    assert "model.architecture (for fresh runs) is not used" in result.stderr
     model = load_checkpoint(run / "checkpoints" / "latest.pt")["model"]
     for key, tensor in released.state_dict().items():
         assert torch.equal(model[key], tensor), key
