@@ -299,7 +299,7 @@ class Trainer:
         sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
-        self._pre_activations.clear()
+        self._pre_activations.clear()  # the mask-head hooks (embedding floor) fill it during this forward
         with sync:
             with autocast:
                 logits = self.ddp(image, inputs.pop("codes"), **inputs)
@@ -308,7 +308,6 @@ class Trainer:
             if self.floor_weight > 0:
                 total = total + self.floor_weight * embedding_floor_penalty(self._pre_activations, query_mask,
                                                                             self.floor)
-                self._pre_activations.clear()
             self.scaler.scale(total / self.accumulate).backward()
         return parts.total.item(), parts.dice.item(), parts.bce.item()
 
