@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA = Path("~/.cache/satseg-test-data").expanduser()
+DATA = Path(os.environ.get("SATSEG_BENCH_DATA", "~/.cache/satseg-test-data")).expanduser()
 CASES = {
     "ct_sm": DATA / "totalseg/reference_files/example_ct_sm.nii.gz",
     "ct": DATA / "totalseg/reference_files/example_ct.nii.gz",
@@ -94,7 +94,7 @@ def ct_prompts(n: int) -> list[str]:
     return names[:n]
 
 
-def build_predictor(variant: str, device: str, precision: str):
+def build_predictor(variant: str, device: str, precision: str, compile_model: bool = False):
     from satseg.inference.options import RuntimeOptions
     from satseg.inference.predictor import Predictor
     from satseg.model import build_sat, build_text_encoder
@@ -105,7 +105,8 @@ def build_predictor(variant: str, device: str, precision: str):
     text = build_text_encoder(variant)
     tokenizer = SATTokenizer(DATA / "all-mpnet-base-v2", max_tokens=model.config.text.max_tokens)
     return Predictor(model, text, tokenizer, name=f"{variant}-random",
-                     runtime=RuntimeOptions(device=device, precision=precision), embedding_cache=None)
+                     runtime=RuntimeOptions(device=device, precision=precision, compile=compile_model),
+                     embedding_cache=None)
 
 
 def run_case(predictor, scan: Path, prompts: list[str], out_dir: Path, reference: bool) -> dict:
@@ -154,9 +155,15 @@ def compare_with_reference(predictor, seg, prompts: list[str]) -> dict:
     queries = predictor.embed(terms, seg.modality)
     model = predictor.model
     start = time.perf_counter()
-    with torch.inference_mode():
-        ref = sliding_window_probabilities(image, lambda p: model(p.to(predictor.device), queries.to(predictor.device)).cpu(),
-                                           len(terms), window=model.config.window, stride=model.config.stride)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
+    try:
+        with torch.inference_mode():
+            ref = sliding_window_probabilities(
+                image, lambda p: model(p.to(predictor.device), queries.to(predictor.device)).float().cpu(),
+                len(terms), window=model.config.window, stride=model.config.stride)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     ref_s = time.perf_counter() - start
     index = {t: i for i, t in enumerate(terms)}
     worst, inter, total = 0.0, 0, 0
@@ -211,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--reference", action="store_true", help="also run the plain fp32 loop and compare")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image side (CUDA)")
     parser.add_argument("--quick", action="store_true", help="nano, example_ct_sm, 1 and 10 prompts")
     parser.add_argument("--json", default="benchmarks/results/run.json")
     args = parser.parse_args(argv)
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     for variant in args.variant:
         build_start = time.perf_counter()
-        predictor = build_predictor(variant, args.device, args.precision)
+        predictor = build_predictor(variant, args.device, args.precision, args.compile)
         build_s = time.perf_counter() - build_start
         precision = str(predictor.autocast).replace("torch.", "") if predictor.autocast else "float32"
         for case in args.case:
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     row = run_case(predictor, scan, ct_prompts(n), Path(tmp), args.reference)
                 row.update(variant=variant, case=case, prompts=n, device=str(predictor.device), precision=precision,
+                           compiled=args.compile,
                            build_s=build_s, loadavg=os.getloadavg(), threads=torch.get_num_threads())
                 rows.append(row)
                 print(markdown([row]).splitlines()[-1], flush=True)

@@ -89,18 +89,28 @@ class GridRecord:
         affine[:3, 3] += self.resampled_affine[:3, :3] @ np.asarray(self.crop_start, dtype=float)
         return affine
 
-    def to_input_grid(self, data: np.ndarray, *, order: str = "linear") -> np.ndarray:
+    def to_input_grid(self, data, *, order: str = "linear", threshold: float | None = None) -> np.ndarray:
         """Bring maps on the model grid back onto the scan's grid (its voxel order and shape).
 
         Args:
-            data: (H, W, D) or (N, H, W, D) array on the model grid (``self.shape``).
+            data: (H, W, D) or (N, H, W, D) array on the model grid (``self.shape``): a numpy array, or a torch
+                tensor, which is interpolated where it lives (e.g. on the GPU; same float32 arithmetic, same
+                values) when the map is axis-aligned and ``order`` is linear, else on the CPU.
             order: ``"linear"`` (probabilities; float32 result) or ``"nearest"`` (labels; dtype kept).
+            threshold: if given, the result is the uint8 mask ``value > threshold`` (thresholded before it
+                leaves the GPU: a quarter of the transfer).
 
         Returns:
             (I, J, K) or (N, I, J, K) array on the input grid; 0 wherever the point falls outside the crop box.
         """
-        data, squeeze = _as_channels(data, self.shape, "model grid")
         spline_order = _spline_order(order)
+        if _is_tensor(data):
+            if spline_order == 1 and _diagonal_or_full(np.linalg.inv(self.index_matrix)).ndim == 1:
+                return self._to_input_grid_torch(data, threshold)
+            data = data.detach().cpu().numpy()
+        if threshold is not None:
+            return (self.to_input_grid(data, order=order) > threshold).astype(np.uint8)
+        data, squeeze = _as_channels(data, self.shape, "model grid")
         out_dtype = np.float32 if spline_order == 1 else data.dtype
         result = np.zeros((data.shape[0], *self.input_shape), dtype=out_dtype)
         oriented = orient_view(result, self.ornt)
@@ -127,6 +137,38 @@ class GridRecord:
                 padded[n], matrix, offset=offset, output_shape=tuple(hi - lo),
                 order=spline_order, mode="constant", cval=0.0, output=out_dtype,
             )
+        return result[0] if squeeze else result
+
+    def _to_input_grid_torch(self, data, threshold: float | None) -> np.ndarray:
+        """:meth:`to_input_grid` (linear, axis-aligned) of a torch tensor, computed on its device."""
+        import torch
+
+        squeeze = tuple(data.shape) == tuple(self.shape)
+        data = data[None] if squeeze else data
+        if data.ndim != 4 or tuple(data.shape[1:]) != tuple(self.shape):
+            raise ValueError(f"expected an array of shape {tuple(self.shape)} or (N, *{tuple(self.shape)}) on the "
+                             f"model grid, got {tuple(data.shape)}")
+        result = np.zeros((data.shape[0], *self.input_shape), dtype=np.float32 if threshold is None else np.uint8)
+        oriented = orient_view(result, self.ornt)
+        padded = torch.zeros((data.shape[0], *(s + 2 for s in data.shape[1:])), dtype=torch.float32,
+                             device=data.device)
+        padded[:, 1:-1, 1:-1, 1:-1] = data
+        self._copy_edges(padded)
+        inverse = np.linalg.inv(self.index_matrix)
+        shift = -inverse @ self.index_offset - np.asarray(self.crop_start, dtype=float) + 1.0
+        box = self._input_box(np.asarray(padded.shape[1:]))
+        if box is None:
+            return result[0] if squeeze else result
+        lo, hi = box
+        matrix = _diagonal_or_full(inverse)
+        offset = shift + inverse @ lo.astype(float)
+        region = tuple(slice(a, b) for a, b in zip(lo, hi))
+        positions = [offset[a] + matrix[a] * np.arange(hi[a] - lo[a]) for a in range(3)]
+        for n in range(data.shape[0]):  # one map at a time: bounded device memory
+            values = _separable_linear(padded[n:n + 1], positions)
+            if threshold is not None:
+                values = values > threshold
+            oriented[(slice(n, n + 1), *region)] = values.cpu().numpy()
         return result[0] if squeeze else result
 
     def from_input_grid(self, data: np.ndarray, *, order: str = "linear") -> np.ndarray:
@@ -176,13 +218,18 @@ class GridRecord:
         resampled grid's border (MONAI's border padding holds there)."""
         padded = np.zeros((data.shape[0], *(s + 2 for s in data.shape[1:])), dtype=data.dtype)
         padded[:, 1:-1, 1:-1, 1:-1] = data
+        self._copy_edges(padded)
+        return padded
+
+    def _copy_edges(self, padded) -> None:
+        """Fill the one-voxel border of ``padded`` (numpy or torch) with the edge value where the crop box
+        touches the resampled grid's border; elsewhere it stays 0."""
         for axis in range(3):
             ax = axis + 1
             if self.crop_start[axis] == 0:
                 _take(padded, ax, 0)[...] = _take(padded, ax, 1)
             if self.crop_stop[axis] == self.resampled_shape[axis]:
                 _take(padded, ax, -1)[...] = _take(padded, ax, -2)
-        return padded
 
     def _input_box(self, padded_shape: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Box [lo, hi) of oriented input indices whose padded model-grid position lies inside the padded array."""
@@ -332,11 +379,14 @@ def _resample(oriented: np.ndarray, record: GridRecord, order: int, dtype, start
     return sampled.transpose(np.argsort(perm))
 
 
-def _separable_linear(data: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:
+def _separable_linear(data, positions: list[np.ndarray]):
     """Linear interpolation of (N, A, B, C) ``data`` at the outer product of per-axis ``positions``; 0 outside.
 
     Same values as ``scipy.ndimage.affine_transform(order=1, mode="constant")`` with a diagonal matrix, in float32.
+    ``data`` may be a torch tensor: the same float32 operations, in the same order, run on its device.
     """
+    if _is_tensor(data):
+        return _separable_linear_torch(data, positions)
     out = data.astype(np.float32, copy=False)
     # expand the axis that grows least first, so the intermediate arrays stay small
     for axis in sorted(range(3), key=lambda a: len(positions[a]) / data.shape[a + 1]):
@@ -356,6 +406,34 @@ def _separable_linear(data: np.ndarray, positions: list[np.ndarray]) -> np.ndarr
         low += high
         out = low
     return out
+
+
+def _separable_linear_torch(data, positions: list[np.ndarray]):
+    import torch
+
+    out = data.to(torch.float32)
+    for axis in sorted(range(3), key=lambda a: len(positions[a]) / data.shape[a + 1]):
+        length = out.shape[axis + 1]
+        pos = positions[axis]
+        inside = (pos >= 0) & (pos <= length - 1)
+        first = np.clip(np.floor(pos).astype(np.intp), 0, length - 2)
+        weight = (pos - first).astype(np.float32)
+        shape = [1, 1, 1, 1]
+        shape[axis + 1] = len(pos)
+        w1 = torch.from_numpy(np.where(inside, weight, 0).astype(np.float32).reshape(shape)).to(out.device)
+        w0 = torch.from_numpy(np.where(inside, 1 - weight, 0).astype(np.float32).reshape(shape)).to(out.device)
+        index = torch.from_numpy(first.astype(np.int64)).to(out.device)
+        low = out.index_select(axis + 1, index)
+        low *= w0
+        high = out.index_select(axis + 1, index + 1)
+        high *= w1
+        low += high
+        out = low
+    return out
+
+
+def _is_tensor(data) -> bool:
+    return type(data).__module__.startswith("torch") and hasattr(data, "device")
 
 
 def _diagonal_or_full(matrix: np.ndarray) -> np.ndarray:

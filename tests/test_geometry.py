@@ -179,6 +179,33 @@ def test_image_comes_back_in_the_input_voxel_order(layout):
     assert np.abs(back[core] - vol.array[core]).max() < 1.0
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("layout", ["lps", "sagittal", "oblique", "ct"])
+def test_tensor_maps_come_back_exactly_like_arrays(layout, device, reference_files):
+    """The GPU's way back to the input grid (torch tensors, interpolated where they live) gives the numpy
+    path's float32 values bit for bit, and the same masks when thresholded there."""
+    import torch
+
+    if layout == "ct":
+        vol = read_volume(reference_files / "example_ct_sm.nii.gz")
+    else:
+        vol = smooth_volume((24, 20, 14), {"lps": np.diag([-0.9, -1.3, 2.0, 1.0]), "sagittal": sagittal_affine(),
+                                           "oblique": oblique_affine()}[layout])
+    _, record = to_model_grid(vol)
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, *record.shape), dtype=np.float32)
+    expected = record.to_input_grid(maps)
+    got = record.to_input_grid(torch.from_numpy(maps).to(device))
+    assert got.dtype == np.float32 and got.shape == expected.shape == (2, *vol.shape)
+    assert np.array_equal(got, expected)
+    single = record.to_input_grid(torch.from_numpy(maps[1]).to(device), threshold=0.5)
+    assert single.dtype == np.uint8 and single.shape == vol.shape
+    assert np.array_equal(single, (expected[1] > 0.5).astype(np.uint8))
+    assert 0 < single.mean() < 1
+    assert np.array_equal(record.to_input_grid(maps[1], threshold=0.5), single)
+
+
 def test_values_outside_the_crop_box_are_zero(reference_files):
     vol = read_volume(reference_files / "example_ct_sm.nii.gz")
     _, record = to_model_grid(vol)

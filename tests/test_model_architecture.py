@@ -136,3 +136,35 @@ def test_memory_saving_decoder_path_gives_the_same_values():
     assert len(features.per_pixel) == len(reference) == 5  # full, /2, /4, /8, /16
     for got, expected in zip(features.per_pixel, reference):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_fused_instance_norm_matches_the_modules_in_value_and_gradient(monkeypatch):
+    from satseg.model import unet
+    from satseg.model.unet import ConvNormAct, instance_norm_leaky_relu
+
+    torch.manual_seed(0)
+    block = ConvNormAct(3, 6)
+    with torch.no_grad():  # non-trivial affine parameters and a large mean, where a one-pass variance would drift
+        block.norm.weight.uniform_(0.5, 2.0)
+        block.norm.bias.uniform_(-1.0, 1.0)
+    y = (torch.randn(2, 6, 9, 8, 7) * 3 + 40).requires_grad_()
+    expected = block.act(block.norm(y.clone()))
+    got = instance_norm_leaky_relu(y, block.norm.weight, block.norm.bias, block.norm.eps, block.act.negative_slope)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    assert (got < 0).any() and (got > 0).any()  # both branches of the LeakyReLU are exercised
+    grad_expected = torch.autograd.grad(expected.square().sum(), (y, block.norm.weight))
+    grad_got = torch.autograd.grad(got.square().sum(), (y, block.norm.weight))
+    for a, b in zip(grad_got, grad_expected):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+
+    # bf16 activations: statistics in float32, channel group by channel group for big tensors
+    monkeypatch.setattr(unet, "_STATS_CHUNK", 9 * 8 * 7 * 4)  # forces groups of 2 channels
+    low = y.detach().to(torch.bfloat16)
+    reference = block.act(block.norm(low.float())).detach()
+    with torch.inference_mode():
+        inference = instance_norm_leaky_relu(low, block.norm.weight, block.norm.bias, block.norm.eps)
+    training = instance_norm_leaky_relu(low, block.norm.weight, block.norm.bias, block.norm.eps)
+    for chunked in (inference, training):
+        assert chunked.dtype == torch.bfloat16
+        # one bf16 rounding of the result (what autocast's float32 InstanceNorm gives when cast back), no more
+        torch.testing.assert_close(chunked.detach().float(), reference.to(torch.bfloat16).float(), atol=1e-2, rtol=8e-3)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from satseg.cli.segment import (
-    DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
+    COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
     STATISTICS, THREADS, WINDOW_BATCH,
 )
 
@@ -34,6 +34,7 @@ def batch(
     window_batch: int = WINDOW_BATCH,
     prompt_chunk: int = PROMPT_CHUNK,
     threads: int = THREADS,
+    compile_model: bool = COMPILE,
     free_text: bool = FREE_TEXT,
     probabilities: bool = PROBABILITIES,
     ml: bool = MULTILABEL,
@@ -59,7 +60,7 @@ def batch(
 
         prepare_prompts(list(prompts), _vocabulary_modality(modality), prompt_options)
     runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
-                             prompt_chunk=prompt_chunk, threads=threads)
+                             prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
     options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
                             report="report.json" if report else None)
     runner = _CohortRunner(model, runtime, options, prompt_options, modality, orientation, overwrite)

@@ -19,8 +19,11 @@ MODALITY = typer.Option(None, "--modality", help="ct | mri | pet (default: from 
 ORIENTATION = typer.Option("auto", "--orientation",
                            help="Model-grid orientation: auto (RAS; ASR for sagittal scans), RAS, ASR, ...")
 DEVICE = typer.Option("auto", "--device", help="auto | cuda | cuda:N | mps | cpu")
-PRECISION = typer.Option("auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
-WINDOW_BATCH = typer.Option(None, "--window-batch", min=1, help="Windows per forward pass (default 1 CPU, 2 GPU).")
+PRECISION = typer.Option("auto", "--precision",
+                         help="auto (fp16 autocast on CUDA, as upstream SAT; fp32 on CPU) | fp32 | bf16 | fp16")
+WINDOW_BATCH = typer.Option(None, "--window-batch", min=1, help="Windows per forward pass (default 1).")
+COMPILE = typer.Option(False, "--compile",
+                       help="torch.compile the image side on CUDA: a one-off compile per process, then faster windows.")
 PROMPT_CHUNK = typer.Option(32, "--prompt-chunk", min=1, help="Prompts decoded together.")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for torch.")
 FREE_TEXT = typer.Option(False, "--free-text", help="Send unresolvable prompts to the text encoder as they are.")
@@ -44,6 +47,7 @@ def segment(
     window_batch: int = WINDOW_BATCH,
     prompt_chunk: int = PROMPT_CHUNK,
     threads: int = THREADS,
+    compile_model: bool = COMPILE,
     free_text: bool = FREE_TEXT,
     probabilities: bool = PROBABILITIES,
     ml: bool = MULTILABEL,
@@ -67,7 +71,7 @@ def segment(
     from satseg.inference.predictor import Predictor
 
     runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
-                             prompt_chunk=prompt_chunk, threads=threads)
+                             prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
     load_start = time.perf_counter()
     predictor = Predictor.from_pretrained(model, runtime)
     load_s = time.perf_counter() - load_start

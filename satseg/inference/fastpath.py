@@ -13,8 +13,8 @@ Three savings, each giving the same numbers as the plain loop (fp32: identical u
   box (a 30-slice scan in a 96-slice window decodes a third of the window).
 * **One weight map**, shared by all prompts (``ProbabilityAccumulator``), not one per prompt as upstream.
 
-On a GPU (and whenever an autocast dtype is set) the model runs in ``channels_last_3d``; on a GPU the
-float32 sums stay on the device when they fit (:func:`accumulation_place`), else on the CPU.
+The layout of windows and weights is :func:`window_layout`'s; on a GPU the float32 sums stay on the device
+when they fit (:func:`accumulation_place`), else on the CPU.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
                    autocast: torch.dtype | None, batch: int, prompt_chunk: int,
                    progress: Callable[[int, int], None] | None = None,
                    memoise: bool = True, stats: WindowStats | None = None,
-                   accumulate: tuple[torch.device | str, torch.dtype] | None = None) -> torch.Tensor:
+                   accumulate: tuple[torch.device | str, torch.dtype] | None = None,
+                   keep_on_device: bool = False, encode: Callable | None = None) -> torch.Tensor:
     """SAT's sliding-window probabilities, skipping only provably redundant work.
 
     Args:
@@ -110,9 +111,12 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
         memoise: run identical windows once (off: the plain loop, for reference).
         stats: filled with window counts and stage times when given.
         accumulate: (device, dtype) of the sums; default :func:`accumulation_place`.
+        keep_on_device: when the sums are on the GPU, return the probabilities there (divided in place, no
+            copy) instead of on the CPU.
+        encode: the image side to run (default ``model.encode_image``; e.g. a compiled version of it).
 
     Returns:
-        (N, H, W, D) float32 probabilities on the CPU.
+        (N, H, W, D) float32 probabilities on the CPU (or where the sums are, with ``keep_on_device``).
     """
     import time
 
@@ -130,7 +134,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
     acc_device = torch.device(acc_device)
     accumulator = ProbabilityAccumulator(tuple(volume.shape), n, window=window, device=acc_device, dtype=acc_dtype,
                                          boxes=boxes)
-    layout = torch.channels_last_3d if (device.type == "cuda" or autocast is not None) else torch.contiguous_format
+    layout = window_layout(device, autocast, compiled=encode is not None)
+    encode = encode or model.encode_image
     queries = queries.to(device)
     chunk = max(1, int(prompt_chunk))
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
@@ -141,7 +146,7 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
             patches = extract_windows(volume, [group[0] for group in members], window).to(device)
             patches = patches.expand(-1, 3, -1, -1, -1).contiguous(memory_format=layout)
             start_time = time.perf_counter()
-            features = model.encode_image(patches)
+            features = encode(patches)
             _sync(device)
             stats.backbone_s += time.perf_counter() - start_time
             start_time = time.perf_counter()
@@ -162,7 +167,7 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
             done += sum(len(group) for group in members)
             if progress is not None:
                 progress(done, len(boxes))
-    if acc_device.type == "cpu":
+    if acc_device.type == "cpu" or keep_on_device:
         return accumulator.finalize()
     # On the GPU: bring one prompt at a time to the CPU (no second (N, H, W, D) copy on the device).
     out = torch.empty((n, *volume.shape), dtype=torch.float32)
@@ -185,11 +190,18 @@ def crop_per_pixel(features, boxes: Sequence[Box]):
     return dataclasses.replace(features, per_pixel=[cropped, *features.per_pixel[1:]])
 
 
-def prepare_layout(model, device: torch.device, autocast: torch.dtype | None):
-    """Put the model in ``channels_last_3d`` where it pays (GPU, or any autocast); returns the model."""
-    if device.type == "cuda" or autocast is not None:
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+def window_layout(device: torch.device, autocast: torch.dtype | None, compiled: bool = False) -> torch.memory_format:
+    """Memory layout of windows and weights: ``channels_last_3d`` where it measured faster — CPU autocast
+    (0.28 vs 0.33 s per conv pair) and compiled CUDA — else contiguous (eager CUDA: 0.075 vs 0.082 s per
+    SAT-Nano window on an H100, benchmarks/RESULTS.md)."""
+    if (device.type == "cpu" and autocast is not None) or (device.type == "cuda" and compiled):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def prepare_layout(model, device: torch.device, autocast: torch.dtype | None, compiled: bool = False):
+    """Put the model's weights in :func:`window_layout`; returns the model."""
+    return model.to(memory_format=window_layout(device, autocast, compiled))
 
 
 def _sync(device: torch.device) -> None:

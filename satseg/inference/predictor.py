@@ -105,8 +105,8 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":  # upstream SAT's own inference precision (torch.cuda.amp.autocast: float16)
+        return torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -218,20 +218,22 @@ class Predictor:
 
     # -- image ---------------------------------------------------------------------------------------
 
-    def probabilities(self, image: np.ndarray, queries: torch.Tensor, *, progress=None) -> torch.Tensor:
+    def probabilities(self, image: np.ndarray, queries: torch.Tensor, *, progress=None,
+                      on_device: bool = False) -> torch.Tensor:
         """Sliding-window probabilities on the model grid.
 
         Args:
             image: (H, W, D) float32 normalised volume on the model grid.
             queries: (N, query_dim) text embeddings.
+            on_device: leave them on the GPU when they were summed there.
 
         Returns:
-            (N, H, W, D) float32 probabilities on the CPU.
+            (N, H, W, D) float32 probabilities on the CPU (with ``on_device``: possibly on the GPU).
         """
-        batch = self.runtime.window_batch or (1 if self.device.type == "cpu" else 2)
+        batch = self.runtime.window_batch or 1
         while True:
             try:
-                return self._sliding_window(image, queries, batch, progress)
+                return self._sliding_window(image, queries, batch, progress, on_device)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if batch > 1:
@@ -246,17 +248,34 @@ class Predictor:
                     continue
                 raise
 
-    def _sliding_window(self, image: np.ndarray, queries: torch.Tensor, batch: int, progress) -> torch.Tensor:
+    def _sliding_window(self, image: np.ndarray, queries: torch.Tensor, batch: int, progress,
+                        on_device: bool = False) -> torch.Tensor:
         """One sliding-window pass (``fastpath.sliding_window``): identical windows run once, only boxes decoded."""
         from satseg.inference.fastpath import WindowStats, prepare_layout, sliding_window
 
-        if getattr(self, "_layout_for", None) != (self.device, self.autocast):
-            self.model = prepare_layout(self.model, self.device, self.autocast)
-            self._layout_for = (self.device, self.autocast)
+        compiled = bool(self.runtime.compile) and self.device.type == "cuda"
+        if getattr(self, "_layout_for", None) != (self.device, self.autocast, compiled):
+            self.model = prepare_layout(self.model, self.device, self.autocast, compiled)
+            self._layout_for = (self.device, self.autocast, compiled)
+            self._encode = torch.compile(self.model.encode_image, dynamic=False) if compiled else None
         volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         self.window_stats = WindowStats()
         return sliding_window(self.model, volume, queries, device=self.device, autocast=self.autocast, batch=batch,
-                              prompt_chunk=self.runtime.prompt_chunk, progress=progress, stats=self.window_stats)
+                              prompt_chunk=self.runtime.prompt_chunk, progress=progress, stats=self.window_stats,
+                              keep_on_device=on_device, encode=self._encode)
+
+    @staticmethod
+    def _back_on_gpu(record, prob: torch.Tensor, threshold: float, want_map: bool):
+        """(mask, probability map or None) on the input grid for a model-grid map on the GPU; the CPU's way
+        (same values) if the GPU runs out of memory."""
+        try:
+            mask = record.to_input_grid(prob, order="linear", threshold=threshold)
+            return mask, (record.to_input_grid(prob, order="linear") if want_map else None)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            log.warning("GPU out of memory bringing masks back to the scan's grid: doing it on the CPU")
+            on_input = record.to_input_grid(prob.cpu().numpy(), order="linear")
+            return (on_input > threshold).astype(np.uint8), (on_input if want_map else None)
 
     # -- the whole job -------------------------------------------------------------------------------
 
@@ -287,19 +306,26 @@ class Predictor:
         with clock("text"):
             queries = self.embed(terms, modality)
         with clock("model"):
-            term_probs = self.probabilities(image, queries, progress=progress)
+            term_probs = self.probabilities(image, queries, progress=progress, on_device=True)
+            if term_probs.is_cuda:  # charge the queued GPU work to this stage
+                torch.cuda.synchronize(term_probs.device)
         masks: dict[str, np.ndarray] = {}
         maps: dict[str, np.ndarray] | None = {} if probabilities else None
+        threshold = case.prompt_options.threshold
         with clock("to_input_grid"):
             index = {t: i for i, t in enumerate(terms)}
             for name, resolution in zip(names, resolutions):
                 rows = [index[t] for t in resolution["terms"]]
                 # A composite prompt ("kidneys") is the union of its terms: the voxel-wise maximum.
-                prob = term_probs[rows].amax(dim=0).numpy()
-                on_input = record.to_input_grid(prob, order="linear")
-                masks[name] = (on_input > case.prompt_options.threshold).astype(np.uint8)
+                prob = term_probs[rows].amax(dim=0)
+                if prob.device.type != "cpu":  # on the GPU: interpolated there, thresholded before the transfer
+                    masks[name], on_input = self._back_on_gpu(record, prob, threshold, maps is not None)
+                else:
+                    on_input = record.to_input_grid(prob.numpy(), order="linear")
+                    masks[name] = (on_input > threshold).astype(np.uint8)
                 if maps is not None:
-                    maps[name] = on_input.astype(np.float32)
+                    maps[name] = on_input.astype(np.float32, copy=False)
+            del term_probs
         grid = record.to_dict()
         grid["orientation_choice"] = case.scan_options.orientation
         return Segmentation(volume=volume, prompts=list(case.prompts), names=names, resolutions=resolutions,
