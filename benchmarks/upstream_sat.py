@@ -8,7 +8,8 @@ github.com/zhaoziheng/SAT) and run as they are — ``data/inference_dataset.py``
 1×1×3 mm spacing, foreground crop, normalisation, ``split_3d``), ``model/maskformer.py`` and
 ``model/text_encoder.py`` (random weights), ``evaluate/inference_engine.py:inference`` (Gaussian aggregation,
 thresholding, writing). Upstream assumes CUDA and DDP; at run time only (never in their files) this harness
-makes ``DistributedDataParallel`` and ``convert_sync_batchnorm`` pass the module through, on the CPU makes
+makes ``DistributedDataParallel`` and ``convert_sync_batchnorm`` pass the module through (on CUDA moving tensor
+inputs to the GPU, as DDP does), on the CPU makes
 ``torch.cuda.current_device()`` answer ``"cpu"``, points the text tower at the local MPNet folder (``--mpnet``),
 and sets ``RANK=0``. On the CPU ``torch.cuda.amp.autocast`` is inactive: everything runs in fp32; on CUDA
 upstream runs as it ships (fp16 autocast, float32 sums on the CPU), and each timed stage ends with a
@@ -58,13 +59,27 @@ class Timers(dict):
         setattr(owner, name, timed)
 
 
+def _inputs_to(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """What DistributedDataParallel does to inputs in a one-process run: move tensor arguments to ``device``
+    (upstream builds some of them, e.g. the modality codes, on the CPU and relies on DDP for the move)."""
+    if device.type == "cpu":
+        return module
+
+    def move(_module, args, kwargs):
+        return (tuple(a.to(device) if torch.is_tensor(a) else a for a in args),
+                {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()})
+
+    module.register_forward_pre_hook(move, with_kwargs=True)
+    return module
+
+
 def patch_upstream(upstream: Path, timers: Timers, device: torch.device, mpnet: Path):
     """Import upstream's modules from ``upstream`` and adapt them to a single-process run on ``device``."""
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(upstream / "model" / "dynamic-network-architectures-main"))
     sys.path.insert(0, str(upstream))
-    torch.nn.parallel.DistributedDataParallel = lambda module, *a, **k: module
+    torch.nn.parallel.DistributedDataParallel = lambda module, *a, **k: _inputs_to(module, device)
     torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(lambda module, *a, **k: module)
     if device.type == "cpu":
         torch.cuda.current_device = lambda: "cpu"

@@ -33,9 +33,12 @@ def test_windows_with_identical_padded_content_are_grouped_in_order_of_first_app
     assert [box for group in groups for box in group] == boxes
 
 
-def test_windows_differing_in_one_voxel_are_not_grouped():
+@pytest.mark.parametrize("row, col", [(14, 3), (15, 0)])
+def test_windows_differing_in_one_voxel_are_not_grouped(row, col):
+    # (14, 3): off the fingerprint's voxel lattice in both windows, so only the exact comparison separates them;
+    # (15, 0): on the lattice in the window starting at row 8
     volume = torch.full((24, 8, 4), -1.5)
-    volume[14, 3, 1] = -1.4999  # one voxel, inside the windows starting at rows 8 and 12 only
+    volume[row, col, 0 if col == 0 else 1] = -1.4999  # one voxel, inside the windows starting at rows 8 and 12 only
     groups = group_identical_windows(volume, window_slices(volume.shape, WINDOW, STRIDE), WINDOW)
     assert [[box[0].start for box in g] for g in groups] == [[0, 4, 16], [8], [12]]
 

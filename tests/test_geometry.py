@@ -182,13 +182,13 @@ def test_image_comes_back_in_the_input_voxel_order(layout):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not __import__("torch").cuda.is_available(), reason="needs CUDA"))])
 @pytest.mark.parametrize("layout", ["lps", "sagittal", "oblique", "ct"])
-def test_tensor_maps_come_back_exactly_like_arrays(layout, device, reference_files):
+def test_tensor_maps_come_back_exactly_like_arrays(layout, device, request):
     """The GPU's way back to the input grid (torch tensors, interpolated where they live) gives the numpy
     path's float32 values bit for bit, and the same masks when thresholded there."""
     import torch
 
     if layout == "ct":
-        vol = read_volume(reference_files / "example_ct_sm.nii.gz")
+        vol = read_volume(request.getfixturevalue("reference_files") / "example_ct_sm.nii.gz")
     else:
         vol = smooth_volume((24, 20, 14), {"lps": np.diag([-0.9, -1.3, 2.0, 1.0]), "sagittal": sagittal_affine(),
                                            "oblique": oblique_affine()}[layout])

@@ -162,9 +162,32 @@ def test_fused_instance_norm_matches_the_modules_in_value_and_gradient(monkeypat
     low = y.detach().to(torch.bfloat16)
     reference = block.act(block.norm(low.float())).detach()
     with torch.inference_mode():
-        inference = instance_norm_leaky_relu(low, block.norm.weight, block.norm.bias, block.norm.eps)
+        scratch = low.clone()
+        inference = instance_norm_leaky_relu(scratch, block.norm.weight, block.norm.bias, block.norm.eps)
+        assert inference.data_ptr() == scratch.data_ptr()  # without autograd, written over its input
     training = instance_norm_leaky_relu(low, block.norm.weight, block.norm.bias, block.norm.eps)
     for chunked in (inference, training):
         assert chunked.dtype == torch.bfloat16
         # one bf16 rounding of the result (what autocast's float32 InstanceNorm gives when cast back), no more
         torch.testing.assert_close(chunked.detach().float(), reference.to(torch.bfloat16).float(), atol=1e-2, rtol=8e-3)
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_inference_memory_savings_leave_the_image_features_bit_identical(deep_supervision):
+    """Without autograd the full-resolution skip is stored beside room for the last concatenation and each
+    concatenation is freed after its first convolution: the features must not change by a single bit."""
+    from satseg.model import build_sat
+
+    torch.manual_seed(0)
+    model = build_sat("tiny", deep_supervision=deep_supervision).eval()
+    image = torch.randn(1, 3, *model.config.window)
+    with torch.inference_mode():
+        lean = model.encode_image(image)
+    with torch.enable_grad():  # the plain path: torch.cat, every tensor kept by the caller
+        plain = model.encode_image(image)
+        skips = model.backbone.encoder(image)
+        outs = model.backbone.decoder(skips, all_scales=deep_supervision)
+    assert torch.equal(lean.tokens, plain.tokens.detach())
+    assert len(lean.per_pixel) == len(plain.per_pixel) == (5 if deep_supervision else 1)
+    for a, b, c in zip(lean.per_pixel, plain.per_pixel, outs):
+        assert torch.equal(a, b.detach()) and torch.equal(a, c.detach())

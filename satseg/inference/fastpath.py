@@ -61,7 +61,10 @@ def group_identical_windows(volume: torch.Tensor, boxes: Sequence[Box], window: 
     groups: list[list[Box]] = []
     for box in boxes:
         patch = extract_windows(volume, [box], window)
-        digest = hashlib.blake2b(patch.cpu().numpy().tobytes(), digest_size=20).digest()
+        # A fingerprint of a sparse lattice of voxels (~1/300 of the window) picks the candidates; torch.equal
+        # below decides. Hashing every byte cost 45 ms per 288×288×96 window on the 2-core machine.
+        sample = patch[..., ::7, ::7, ::6].contiguous()
+        digest = hashlib.blake2b(sample.cpu().numpy().tobytes(), digest_size=20).digest()
         for group in by_digest.setdefault(digest, []):
             if torch.equal(extract_windows(volume, [group[0]], window), patch):
                 group.append(box)

@@ -28,7 +28,13 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".zip", ".dcm")
 # Direction cosines may deviate this much from orthonormal (float32 headers); a gantry tilt of 0.1° is more.
 ORTHONORMAL_TOL = 1e-3
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, RuntimeError, MemoryError)
+try:  # ISA-L's gzip reader: the same bytes and CRC check as the standard library's, twice as fast (measured
+    # 0.24 vs 0.46 s for a 512×512×300 int16 CT on the 2-core benchmark machine)
+    from isal import igzip as _gzip_reader
+    from isal.isal_zlib import error as _isal_error
+except ImportError:  # pragma: no cover - isal is a dependency, but the standard library still reads
+    _gzip_reader, _isal_error = gzip, zlib.error
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, _isal_error, gzip.BadGzipFile, RuntimeError, MemoryError)
 
 
 def read_volume(path: str | Path, *, series: str | None = None, volume: int | None = None) -> Volume:
@@ -172,7 +178,7 @@ def _load_nifti(path: Path):
     import nibabel as nib
 
     if path.name.lower().endswith(".gz"):
-        with gzip.open(path, "rb") as fobj:
+        with _gzip_reader.open(path, "rb") as fobj:
             content = fobj.read()
         klass = nib.Nifti2Image if content[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
         if len(content) < klass.header_class.template_dtype.itemsize:

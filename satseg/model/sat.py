@@ -72,7 +72,9 @@ class SAT(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
         """image: (B, 3, H, W, D), H, W, D divisible by 32 (288×288×96 for the released models)."""
-        skips = self.backbone.encoder(image)
+        # Without autograd the full-resolution skip is stored with room for the decoder's last concatenation.
+        skips, room = self.backbone.encoder.forward_with_room(image, concat_room=not torch.is_grad_enabled())
+        room = [room] if room is not None else None  # the decoder takes it out of the list: no reference stays here
         bottom = skips[-1]
         grid = tuple(bottom.shape[2:])
         pooled = [F.avg_pool3d(s, kernel_size=2 ** (5 - i), stride=2 ** (5 - i)) for i, s in enumerate(skips[:-1])]
@@ -82,7 +84,7 @@ class SAT(nn.Module):
         tokens = tokens.flatten(1, 3).transpose(0, 1)  # (T, B, dim), token order (h w d)
         pos = self.positional_encoding(grid, tokens.device, tokens.dtype)
         # The tokens are made: the decoder may now free each skip as soon as it has used it.
-        outs = self.backbone.decoder(skips, all_scales=self.deep_supervision, consume=True)
+        outs = self.backbone.decoder(skips, all_scales=self.deep_supervision, consume=True, room=room)
         return ImageFeatures(tokens=tokens, pos=pos, per_pixel=outs)
 
     # -- prompt side --------------------------------------------------------------------------------

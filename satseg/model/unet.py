@@ -26,6 +26,8 @@ def instance_norm_leaky_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.
     reshaped tensor and, under autocast, on a float32 copy: measured on an H100 it took 2.3× the time of this
     for SAT-Nano's backbone (benchmarks/RESULTS.md). Values agree to float32 rounding (tests/test_unet_norm.py).
 
+    Without autograd (inference) the result is written over ``y``, which must not be used afterwards.
+
     Args:
         y: (B, C, ...) activations.
         weight, bias: (C,) affine parameters of the norm.
@@ -43,13 +45,10 @@ def instance_norm_leaky_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.
     shape = (1, -1) + (1,) * len(dims)
     scale = weight.float().view(shape) * torch.rsqrt(var + eps)
     shift = bias.float().view(shape) - mean * scale
-    if y.dtype == torch.float32:
-        out = torch.addcmul(shift, y, scale)
-    elif torch.is_grad_enabled() and (y.requires_grad or weight.requires_grad):
-        out = torch.addcmul(shift, y, scale).to(y.dtype)  # training: out= has no gradient
-    else:  # computed in float32 (type promotion inside the kernel), rounded once on writing
-        out = torch.empty_like(y)
-        torch.addcmul(shift, y, scale, out=out)
+    if torch.is_grad_enabled() and (y.requires_grad or weight.requires_grad):
+        out = torch.addcmul(shift, y, scale).to(y.dtype)  # training: autograd needs y, and out= has no gradient
+    else:  # inference: written over y itself (no second full-size tensor), computed in float32 inside the
+        out = torch.addcmul(shift, y, scale, out=y)  # kernel and rounded once to y's dtype
     return F.leaky_relu_(out, slope)
 
 
@@ -67,7 +66,10 @@ class ConvNormAct(nn.Module):
         self.act = nn.LeakyReLU(negative_slope=0.01, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
+        return self.finish(self.conv(x))
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """Norm and activation of the convolution's output ``y``."""
         if y.is_cuda:
             return instance_norm_leaky_relu(y, self.norm.weight, self.norm.bias, self.norm.eps,
                                             self.act.negative_slope)
@@ -100,11 +102,22 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W, D) → skips: 6 tensors at full, /2, /4, /8, /16, /32 resolution."""
-        skips = []
-        for stage in self.stages:
+        return self.forward_with_room(x, concat_room=False)[0]
+
+    def forward_with_room(self, x: torch.Tensor, concat_room: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """:meth:`forward`, and with ``concat_room`` the full-resolution skip stored in the second half of a
+        tensor with twice its channels (the skip is a view of it), returned as well: the decoder's last
+        concatenation then fills the first half in place instead of allocating both again (same values, one
+        full-resolution tensor less at the memory peak; :meth:`Decoder.forward`'s ``room``)."""
+        skips, room = [], None
+        for s, stage in enumerate(self.stages):
             x = stage(x)
+            if s == 0 and concat_room:
+                room = x.new_empty((x.shape[0], 2 * x.shape[1], *x.shape[2:]))
+                room[:, x.shape[1]:] = x
+                x = room[:, x.shape[1]:]
             skips.append(x)
-        return skips
+        return skips, room
 
 
 class Decoder(nn.Module):
@@ -119,11 +132,14 @@ class Decoder(nn.Module):
             StackedConvs(n_convs, 2 * features[n - 2 - s], features[n - 2 - s]) for s in range(n - 1)
         )
 
-    def forward(self, skips: list[torch.Tensor], all_scales: bool, consume: bool = False) -> list[torch.Tensor]:
+    def forward(self, skips: list[torch.Tensor], all_scales: bool, consume: bool = False,
+                room: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Decoder outputs, highest resolution first: [full, /2, /4, /8, /16] (or [full] only).
 
         ``consume=True`` drops each skip from the list once it is used, and no intermediate tensor is kept
-        longer than needed: the same values, with a far lower memory peak at full resolution.
+        longer than needed: the same values, with a far lower memory peak at full resolution. ``room``: a
+        one-element list holding :meth:`Encoder.forward_with_room`'s tensor, emptied here (so that the caller
+        holds no reference to it and it is freed once read).
         """
         x = skips[-1]
         if consume:
@@ -133,12 +149,32 @@ class Decoder(nn.Module):
             skip = skips[-(s + 2)]
             if consume:
                 skips[-(s + 2)] = None
-            x = torch.cat((up(x), skip), dim=1)
+            if room and s == len(self.stages) - 1:  # room[0][:, C:] is this skip (Encoder.forward_with_room)
+                low, x = x, room.pop()
+                x[:, : skip.shape[1]] = up(low)
+                del low
+            else:
+                x = torch.cat((up(x), skip), dim=1)
             del skip
-            x = stage(x)
+            if consume:  # the concatenation is freed as soon as the stage's first convolution has read it
+                holder = [x]
+                del x
+                x = _run_freeing_input(stage, holder)
+            else:
+                x = stage(x)
             if all_scales or s == len(self.stages) - 1:
                 outs.append(x)
         return outs[::-1]
+
+
+def _run_freeing_input(stage: StackedConvs, holder: list[torch.Tensor]) -> torch.Tensor:
+    """``stage(holder[0])``, with the input released (popped from ``holder``, its only reference) once the
+    first convolution has consumed it, not when the whole stage returns."""
+    first, *rest = stage.convs
+    x = first.finish(first.conv(holder.pop()))
+    for block in rest:
+        x = block(x)
+    return x
 
 
 class PlainConvUNet(nn.Module):
