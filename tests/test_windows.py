@@ -412,3 +412,12 @@ def test_windows_predicted_on_cuda_accumulate_on_cpu_by_default():
     )
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-6, rtol=0)
+
+
+def test_importance_map_is_computed_once_and_handed_out_as_copies():
+    first = gaussian_importance(SMALL_WINDOW, dtype=torch.float16)
+    expected = first.clone()
+    first.fill_(-1)  # a caller scribbling on its map must not reach the next caller
+    again = gaussian_importance(SMALL_WINDOW, dtype=torch.float16)
+    assert torch.equal(again, expected)
+    assert torch.equal(gaussian_importance(SMALL_WINDOW), expected.float())

@@ -25,6 +25,8 @@ Window positions need no torch; the map and the patches are torch tensors (torch
 
 from __future__ import annotations
 
+import functools
+
 import math
 from itertools import product
 from typing import TYPE_CHECKING, Sequence
@@ -103,10 +105,19 @@ def gaussian_importance(
     rounded to float16 as upstream, no zeros (float16 underflow in the corners is replaced by the smallest
     non-zero value). Returned as ``dtype`` (default float32) on ``device``.
     """
-    import numpy as np
     import torch
 
-    window = _triple(window, "window")
+    scaled = _gaussian_float16(_triple(window, "window"), float(sigma_scale))
+    return torch.from_numpy(scaled).to(device=device, dtype=dtype or torch.float32, copy=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _gaussian_float16(window: tuple[int, int, int], sigma_scale: float):
+    """The map of :func:`gaussian_importance` as a float16 array, computed once per window (0.3–0.5 s in
+    float64 for 288×288×96 on the 2-core machine, paid again for every scan before). Never handed out:
+    callers get copies."""
+    import numpy as np
+
     # A delta blurred by a separable Gaussian is the outer product of the three 1-D kernels centred on
     # the delta. Multiplying in axis order (0, then 1, then 2) gives bit-for-bit what scipy's
     # gaussian_filter returns for the delta in float64.
@@ -114,7 +125,7 @@ def gaussian_importance(
     blurred = (profiles[0][:, None, None] * profiles[1][None, :, None]) * profiles[2][None, None, :]
     scaled = (blurred / blurred.max() * GAUSSIAN_PEAK).astype(np.float16)
     scaled[scaled == 0] = scaled[scaled != 0].min()
-    return torch.from_numpy(scaled).to(device=device, dtype=dtype or torch.float32)
+    return scaled
 
 
 def extract_windows(image: "torch.Tensor", boxes: Sequence[Box], window: Sequence[int] = SAT_WINDOW) -> "torch.Tensor":
