@@ -148,8 +148,12 @@ class GridRecord:
         if data.ndim != 4 or tuple(data.shape[1:]) != tuple(self.shape):
             raise ValueError(f"expected an array of shape {tuple(self.shape)} or (N, *{tuple(self.shape)}) on the "
                              f"model grid, got {tuple(data.shape)}")
-        result = np.zeros((data.shape[0], *self.input_shape), dtype=np.float32 if threshold is None else np.uint8)
-        oriented = orient_view(result, self.ornt)
+        dtype = np.float32 if threshold is None else np.uint8
+        # Each map comes back Fortran-ordered (NIfTI's on-disk order: nibabel then writes it without a
+        # transposing copy), laid out on the device, so the transfer is one contiguous block per map.
+        result = np.zeros((data.shape[0], *self.input_shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
+        flips = [axis for axis, flip in enumerate(self.ornt[:, 1]) if flip == -1]
+        to_input = [int(a) for a in np.argsort(np.argsort(self.ornt[:, 0]))]  # undoes orient_view's transpose
         padded = torch.zeros((data.shape[0], *(s + 2 for s in data.shape[1:])), dtype=torch.float32,
                              device=data.device)
         padded[:, 1:-1, 1:-1, 1:-1] = data
@@ -165,10 +169,15 @@ class GridRecord:
         region = tuple(slice(a, b) for a, b in zip(lo, hi))
         positions = [offset[a] + matrix[a] * np.arange(hi[a] - lo[a]) for a in range(3)]
         for n in range(data.shape[0]):  # one map at a time: bounded device memory
-            values = _separable_linear(padded[n:n + 1], positions)
+            values = _separable_linear(padded[n:n + 1], positions)[0]
             if threshold is not None:
                 values = values > threshold
-            oriented[(slice(n, n + 1), *region)] = values.cpu().numpy()
+            full = torch.zeros(self.oriented_shape, dtype=torch.float32 if threshold is None else torch.uint8,
+                               device=values.device)
+            full[region] = values
+            del values
+            on_input = full.permute(*to_input).flip(flips) if flips else full.permute(*to_input)
+            result[n] = on_input.permute(2, 1, 0).contiguous().cpu().numpy().T
         return result[0] if squeeze else result
 
     def from_input_grid(self, data: np.ndarray, *, order: str = "linear") -> np.ndarray:

@@ -199,8 +199,9 @@ def test_tensor_maps_come_back_exactly_like_arrays(layout, device, request):
     got = record.to_input_grid(torch.from_numpy(maps).to(device))
     assert got.dtype == np.float32 and got.shape == expected.shape == (2, *vol.shape)
     assert np.array_equal(got, expected)
+    assert got[0].flags.f_contiguous and got[1].flags.f_contiguous  # NIfTI's order: written without a copy
     single = record.to_input_grid(torch.from_numpy(maps[1]).to(device), threshold=0.5)
-    assert single.dtype == np.uint8 and single.shape == vol.shape
+    assert single.dtype == np.uint8 and single.shape == vol.shape and single.flags.f_contiguous
     assert np.array_equal(single, (expected[1] > 0.5).astype(np.uint8))
     assert 0 < single.mean() < 1
     assert np.array_equal(record.to_input_grid(maps[1], threshold=0.5), single)
@@ -273,3 +274,19 @@ def test_big_ct_preprocesses_in_seconds():
     inverse_s = time.perf_counter() - start
     assert raw.shape == record.shape and back.shape == vol.shape
     assert forward_s < 10 and inverse_s < 20, (forward_s, inverse_s)
+
+
+def test_the_predictors_gpu_way_back_gives_the_cpu_masks_and_maps(reference_files):
+    """Predictor._back_on_gpu (run here on a CPU tensor: the same torch code) against the numpy way."""
+    import torch
+
+    from satseg.inference.predictor import Predictor
+
+    _, record = to_model_grid(read_volume(reference_files / "example_ct_sm.nii.gz"))
+    prob = np.random.default_rng(5).random(record.shape, dtype=np.float32)
+    mask, on_input = Predictor._back_on_gpu(record, torch.from_numpy(prob), 0.5, True)
+    expected = record.to_input_grid(prob)
+    assert np.array_equal(on_input, expected)
+    assert np.array_equal(mask, (expected > 0.5).astype(np.uint8)) and mask.dtype == np.uint8
+    mask_only, none = Predictor._back_on_gpu(record, torch.from_numpy(prob), 0.5, False)
+    assert none is None and np.array_equal(mask_only, mask)
