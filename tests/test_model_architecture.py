@@ -172,8 +172,8 @@ def test_fused_instance_norm_matches_the_modules_in_value_and_gradient(monkeypat
         torch.testing.assert_close(chunked.detach().float(), reference.to(torch.bfloat16).float(), atol=1e-2, rtol=8e-3)
 
 
-@pytest.mark.parametrize("deep_supervision", [False, True])
-def test_inference_memory_savings_leave_the_image_features_bit_identical(deep_supervision):
+@pytest.mark.parametrize("deep_supervision, channels_last", [(False, False), (True, False), (False, True)])
+def test_inference_memory_savings_leave_the_image_features_bit_identical(deep_supervision, channels_last):
     """Without autograd the full-resolution skip is stored beside room for the last concatenation and each
     concatenation is freed after its first convolution: the features must not change by a single bit."""
     from satseg.model import build_sat
@@ -181,6 +181,9 @@ def test_inference_memory_savings_leave_the_image_features_bit_identical(deep_su
     torch.manual_seed(0)
     model = build_sat("tiny", deep_supervision=deep_supervision).eval()
     image = torch.randn(1, 3, *model.config.window)
+    if channels_last:  # the GPU's layout
+        model = model.to(memory_format=torch.channels_last_3d)
+        image = image.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         lean = model.encode_image(image)
     with torch.enable_grad():  # the plain path: torch.cat, every tensor kept by the caller
@@ -191,3 +194,12 @@ def test_inference_memory_savings_leave_the_image_features_bit_identical(deep_su
     assert len(lean.per_pixel) == len(plain.per_pixel) == (5 if deep_supervision else 1)
     for a, b, c in zip(lean.per_pixel, plain.per_pixel, outs):
         assert torch.equal(a, b.detach()) and torch.equal(a, c.detach())
+
+
+def test_the_concatenation_room_keeps_the_layout_of_the_skip():
+    from satseg.model.unet import _room_for
+
+    x = torch.randn(1, 4, 6, 5, 3)
+    assert _room_for(x).shape == (1, 8, 6, 5, 3) and _room_for(x).is_contiguous()
+    last = x.contiguous(memory_format=torch.channels_last_3d)
+    assert _room_for(last).is_contiguous(memory_format=torch.channels_last_3d)

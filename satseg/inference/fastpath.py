@@ -137,7 +137,7 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
     acc_device = torch.device(acc_device)
     accumulator = ProbabilityAccumulator(tuple(volume.shape), n, window=window, device=acc_device, dtype=acc_dtype,
                                          boxes=boxes)
-    layout = window_layout(device, autocast, compiled=encode is not None)
+    layout = window_layout(device, autocast)
     encode = encode or model.encode_image
     queries = queries.to(device)
     chunk = max(1, int(prompt_chunk))
@@ -193,18 +193,24 @@ def crop_per_pixel(features, boxes: Sequence[Box]):
     return dataclasses.replace(features, per_pixel=[cropped, *features.per_pixel[1:]])
 
 
-def window_layout(device: torch.device, autocast: torch.dtype | None, compiled: bool = False) -> torch.memory_format:
-    """Memory layout of windows and weights: ``channels_last_3d`` where it measured faster — CPU autocast
-    (0.28 vs 0.33 s per conv pair) and compiled CUDA — else contiguous (eager CUDA: 0.075 vs 0.082 s per
-    SAT-Nano window on an H100, benchmarks/RESULTS.md)."""
-    if (device.type == "cpu" and autocast is not None) or (device.type == "cuda" and compiled):
+def window_layout(device: torch.device, autocast: torch.dtype | None) -> torch.memory_format:
+    """Memory layout of windows and weights: ``channels_last_3d`` on CUDA and for CPU autocast, contiguous for
+    the CPU in fp32.
+
+    Measured (benchmarks/RESULTS.md): CPU autocast 0.28 vs 0.33 s per conv pair in channels_last_3d; on an
+    H100, SAT-Nano fp16, one window: channels_last_3d 83.5 ms and 5.28 GiB peak, contiguous 74.1 ms and
+    6.23 GiB (cuDNN converts contiguous inputs to NHWC and back, copies of full-resolution tensors). The
+    GPU takes the memory: ~1 GiB for ~40 ms per 4-window scan (torch.compile was measured in
+    channels_last_3d too).
+    """
+    if device.type == "cuda" or (device.type == "cpu" and autocast is not None):
         return torch.channels_last_3d
     return torch.contiguous_format
 
 
-def prepare_layout(model, device: torch.device, autocast: torch.dtype | None, compiled: bool = False):
+def prepare_layout(model, device: torch.device, autocast: torch.dtype | None):
     """Put the model's weights in :func:`window_layout`; returns the model."""
-    return model.to(memory_format=window_layout(device, autocast, compiled))
+    return model.to(memory_format=window_layout(device, autocast))
 
 
 def _sync(device: torch.device) -> None:

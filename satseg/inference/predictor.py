@@ -255,7 +255,7 @@ class Predictor:
 
         compiled = bool(self.runtime.compile) and self.device.type == "cuda"
         if getattr(self, "_layout_for", None) != (self.device, self.autocast, compiled):
-            self.model = prepare_layout(self.model, self.device, self.autocast, compiled)
+            self.model = prepare_layout(self.model, self.device, self.autocast)
             self._layout_for = (self.device, self.autocast, compiled)
             self._encode = torch.compile(self.model.encode_image, dynamic=False) if compiled else None
         volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))

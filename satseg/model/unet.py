@@ -113,7 +113,7 @@ class Encoder(nn.Module):
         for s, stage in enumerate(self.stages):
             x = stage(x)
             if s == 0 and concat_room:
-                room = x.new_empty((x.shape[0], 2 * x.shape[1], *x.shape[2:]))
+                room = _room_for(x)
                 room[:, x.shape[1]:] = x
                 x = room[:, x.shape[1]:]
             skips.append(x)
@@ -165,6 +165,16 @@ class Decoder(nn.Module):
             if all_scales or s == len(self.stages) - 1:
                 outs.append(x)
         return outs[::-1]
+
+
+def _room_for(x: torch.Tensor) -> torch.Tensor:
+    """An empty (B, 2C, ...) tensor for ``x`` (B, C, ...), in ``x``'s layout: a channels_last_3d one stays
+    channels_last_3d, so cuDNN convolves the concatenation without converting it first."""
+    layout = torch.contiguous_format
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        layout = torch.channels_last_3d
+    return torch.empty((x.shape[0], 2 * x.shape[1], *x.shape[2:]), dtype=x.dtype, device=x.device,
+                       memory_format=layout)
 
 
 def _run_freeing_input(stage: StackedConvs, holder: list[torch.Tensor]) -> torch.Tensor:
