@@ -290,3 +290,28 @@ def test_the_predictors_gpu_way_back_gives_the_cpu_masks_and_maps(reference_file
     assert np.array_equal(mask, (expected > 0.5).astype(np.uint8)) and mask.dtype == np.uint8
     mask_only, none = Predictor._back_on_gpu(record, torch.from_numpy(prob), 0.5, False)
     assert none is None and np.array_equal(mask_only, mask)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("layout", ["lps", "sagittal", "oblique", "fortran-int16", "ct", "mr"])
+def test_resampling_on_a_torch_device_matches_scipy(layout, device, request):
+    """The GPU's preprocessing (torch, float64, axis by axis) against scipy's: same grid and crop, values
+    equal to float64 rounding."""
+    if layout in ("ct", "mr"):
+        name = {"ct": "example_ct_sm.nii.gz", "mr": "example_mr_sm.nii.gz"}[layout]
+        vol = read_volume(request.getfixturevalue("reference_files") / name)
+    elif layout == "fortran-int16":
+        base = smooth_volume((30, 26, 12), np.diag([-0.7, 0.8, 2.5, 1.0]))
+        vol = Volume(array=np.asfortranarray(base.array.astype(np.int16)), affine=base.affine)
+    else:
+        vol = smooth_volume((24, 20, 14), {"lps": np.diag([-0.9, -1.3, 2.0, 1.0]), "sagittal": sagittal_affine(),
+                                           "oblique": oblique_affine()}[layout])
+    expected, record = to_model_grid(vol)
+    got, got_record = to_model_grid(vol, device=device)
+    assert record.interpolated and got.dtype == np.float32
+    assert got_record.to_dict() == record.to_dict()
+    # float64 values equal to rounding; once stored as float32, at most one unit in the last place apart
+    one_ulp = np.spacing(np.abs(expected).astype(np.float32)) + 1e-12 * max(1.0, float(np.abs(expected).max()))
+    assert np.all(np.abs(got - expected) <= one_ulp)
+    assert np.mean(got == expected) > 0.99

@@ -264,6 +264,20 @@ class Predictor:
                               prompt_chunk=self.runtime.prompt_chunk, progress=progress, stats=self.window_stats,
                               keep_on_device=on_device, encode=self._encode)
 
+    def _to_model_grid(self, volume: Volume, orientation: str):
+        """:func:`~satseg.geometry.to_model_grid`, resampled on the GPU when the model runs there (scipy's
+        values to float64 rounding); on the CPU if the GPU runs out of memory."""
+        from satseg.geometry import to_model_grid
+
+        spacing = self.model.config.spacing
+        if self.device.type == "cuda":
+            try:
+                return to_model_grid(volume, orientation=orientation, spacing_mm=spacing, device=self.device)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                log.warning("GPU out of memory resampling the scan: doing it on the CPU")
+        return to_model_grid(volume, orientation=orientation, spacing_mm=spacing)
+
     @staticmethod
     def _back_on_gpu(record, prob: torch.Tensor, threshold: float, want_map: bool):
         """(mask, probability map or None) on the input grid for a model-grid map on the GPU; the CPU's way
@@ -290,7 +304,6 @@ class Predictor:
 
     def segment_prepared(self, case, *, probabilities: bool = False, progress=None) -> Segmentation:
         """:meth:`segment` for a :class:`~satseg.inference.prepare.PreparedCase` (validated, prompts resolved)."""
-        from satseg.geometry import to_model_grid
         from satseg.inference.prepare import choose_orientation
         from satseg.intensity import normalize
 
@@ -299,7 +312,7 @@ class Predictor:
         clock.timings["read"] = case.read_s
         with clock("preprocess"):
             orientation = choose_orientation(volume, case.scan_options.orientation)
-            raw, record = to_model_grid(volume, orientation=orientation, spacing_mm=self.model.config.spacing)
+            raw, record = self._to_model_grid(volume, orientation)
             image = normalize(raw, modality)
             del raw
         terms = list(dict.fromkeys(t for r in resolutions for t in r["terms"]))
