@@ -153,12 +153,11 @@ def compare_with_reference(predictor, seg, prompts: list[str]) -> dict:
     image = torch.from_numpy(normalize(raw, seg.modality))
     terms = list(dict.fromkeys(t for r in seg.resolutions for t in r["terms"]))
     queries = predictor.embed(terms, seg.modality)
-    model = predictor.model
     start = time.perf_counter()
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
     try:
-        with torch.inference_mode():
+        with predictor.full_precision() as model, torch.inference_mode():
             ref = sliding_window_probabilities(
                 image, lambda p: model(p.to(predictor.device), queries.to(predictor.device)).float().cpu(),
                 len(terms), window=model.config.window, stride=model.config.stride)

@@ -113,3 +113,27 @@ def test_parallel_writing_gives_the_same_files_as_writing_one_at_a_time(tmp_path
     for name, mask in masks.items():
         one = write_mask(mask, volume, tmp_path / "serial" / f"{name}.nii.gz")
         assert gzip.decompress(one.read_bytes()) == gzip.decompress((tmp_path / "parallel" / one.name).read_bytes())
+
+
+def test_convolutions_stored_in_the_autocast_dtype_give_bit_identical_results():
+    """cast_conv_weights (what the Predictor does on CUDA) under autocast vs float32 weights under autocast,
+    here with the CPU's bfloat16 autocast; restore_weights brings the float32 originals back exactly."""
+    from satseg.inference.fastpath import cast_conv_weights, restore_weights
+
+    torch.manual_seed(0)
+    model = build_sat("tiny").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    image = torch.randn(1, 3, *model.config.window)
+    queries = torch.randn(3, model.config.query_dim)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(image, queries)
+    originals = cast_conv_weights(model, torch.bfloat16)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert model.transformer_decoder.layers[0].linear1.weight.dtype == torch.float32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(image, queries)
+    assert torch.equal(got, expected)
+    restore_weights(model, originals)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())

@@ -245,6 +245,7 @@ class Predictor:
                     self.device = torch.device("cpu")
                     self.autocast = None
                     self.model = self.model.to(self.device)
+                    self._set_conv_dtype(None)
                     continue
                 raise
 
@@ -255,6 +256,7 @@ class Predictor:
 
         compiled = bool(self.runtime.compile) and self.device.type == "cuda"
         if getattr(self, "_layout_for", None) != (self.device, self.autocast, compiled):
+            self._set_conv_dtype(self.autocast if self.device.type == "cuda" else None)
             self.model = prepare_layout(self.model, self.device, self.autocast)
             self._layout_for = (self.device, self.autocast, compiled)
             self._encode = torch.compile(self.model.encode_image, dynamic=False) if compiled else None
@@ -263,6 +265,28 @@ class Predictor:
         return sliding_window(self.model, volume, queries, device=self.device, autocast=self.autocast, batch=batch,
                               prompt_chunk=self.runtime.prompt_chunk, progress=progress, stats=self.window_stats,
                               keep_on_device=on_device, encode=self._encode)
+
+    def _set_conv_dtype(self, dtype: torch.dtype | None) -> None:
+        """Convolution weights stored in ``dtype`` (the CUDA autocast dtype: bit-identical results, no float32
+        copies on the GPU; :func:`~satseg.inference.fastpath.cast_conv_weights`), or float32 (``None``)."""
+        from satseg.inference.fastpath import cast_conv_weights, restore_weights
+
+        if getattr(self, "_conv_dtype", None) == dtype:
+            return
+        if getattr(self, "_fp32_convs", None):
+            restore_weights(self.model, self._fp32_convs)
+        self._fp32_convs = cast_conv_weights(self.model, dtype) if dtype is not None else {}
+        self._conv_dtype = dtype
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """The model with all its weights in float32 inside the block (e.g. for a float32 reference pass)."""
+        dtype = getattr(self, "_conv_dtype", None)
+        self._set_conv_dtype(None)
+        try:
+            yield self.model
+        finally:
+            self._set_conv_dtype(dtype)
 
     def _to_model_grid(self, volume: Volume, orientation: str):
         """:func:`~satseg.geometry.to_model_grid`, resampled on the GPU when the model runs there (scipy's
