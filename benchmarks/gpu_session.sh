@@ -21,7 +21,7 @@ if has check; then
   python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.get_device_name())" >> "$out/gpu.txt" 2>&1
   cat "$out/gpu.txt"
   python3 -m pytest -q -p no:cacheprovider tests/test_geometry.py tests/test_windows.py tests/test_model_architecture.py \
-    -k "cuda or tensor_maps or fused" 2>&1 | tail -3
+    tests/test_fastpath.py -k "cuda or tensor_maps or torch_device or fused or bit_identical or gpu_way" 2>&1 | tail -3
 fi
 if has window; then  # one window: precision × batch × layout
   python3 benchmarks/forward_window.py --variant nano pro --device cuda --precision fp16 bf16 fp32 --batch 1 2 \
