@@ -104,6 +104,8 @@ class GridRecord:
             (I, J, K) or (N, I, J, K) array on the input grid; 0 wherever the point falls outside the crop box.
         """
         spline_order = _spline_order(order)
+        if threshold is not None and not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
         if _is_tensor(data):
             if spline_order == 1 and _diagonal_or_full(np.linalg.inv(self.index_matrix)).ndim == 1:
                 return self._to_input_grid_torch(data, threshold)
@@ -410,12 +412,13 @@ def _resample_torch(array: np.ndarray, ornt: np.ndarray, record: GridRecord, out
     import torch
 
     data = np.asarray(array)
-    if data.flags.c_contiguous:
+    forward = min(data.strides, default=0) >= 0  # torch takes no negative strides (even on length-1 axes)
+    if forward and data.flags.c_contiguous:
         tensor = torch.from_numpy(data).to(device)
-    elif data.flags.f_contiguous:  # NIfTI's usual order: move it as it lies, transpose on the device
+    elif forward and data.flags.f_contiguous:  # NIfTI's usual order: move it as it lies, transpose on the device
         tensor = torch.from_numpy(data.T).to(device).permute(2, 1, 0)
     else:
-        tensor = torch.from_numpy(np.ascontiguousarray(data)).to(device)
+        tensor = torch.from_numpy(np.array(data, order="C", copy=True)).to(device)
     tensor = tensor.to(torch.float64)
     flips = [axis for axis, flip in enumerate(ornt[:, 1]) if flip == -1]
     if flips:

@@ -137,3 +137,34 @@ def test_convolutions_stored_in_the_autocast_dtype_give_bit_identical_results():
     restore_weights(model, originals)
     after = model.state_dict()
     assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())
+
+
+def test_a_failure_part_way_through_casting_leaves_every_weight_in_float32(monkeypatch):
+    """An out-of-memory error while the Predictor casts its convolutions must not leave some of them in
+    half precision (the CPU fallback would then fail on mixed dtypes)."""
+    from satseg.inference.predictor import Predictor
+
+    torch.manual_seed(0)
+    predictor = Predictor.__new__(Predictor)
+    predictor.model = build_sat("tiny").eval()
+    before = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    real_to, calls = torch.Tensor.to, []
+
+    def failing_to(self, *args, **kwargs):
+        if torch.bfloat16 in args or kwargs.get("dtype") == torch.bfloat16:
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.cuda.OutOfMemoryError("simulated")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", failing_to)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        predictor._set_conv_dtype(torch.bfloat16)
+    monkeypatch.undo()
+    after = predictor.model.state_dict()
+    assert len(calls) == 3
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    predictor._set_conv_dtype(None)  # nothing left to undo
+    with torch.inference_mode():
+        predictor.model(torch.randn(1, 3, *predictor.model.config.window),
+                        torch.randn(2, predictor.model.config.query_dim))

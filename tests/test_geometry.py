@@ -251,6 +251,8 @@ def test_arrays_of_the_wrong_shape_are_refused(reference_files):
         record.to_input_grid(np.zeros((3, 3, 3), np.float32))
     with pytest.raises(ValueError, match="order"):
         record.to_input_grid(np.zeros(record.shape, np.float32), order="cubic")
+    with pytest.raises(ValueError, match="threshold"):
+        record.to_input_grid(np.zeros(record.shape, np.float32), threshold=-0.1)
 
 
 @pytest.mark.parametrize("code", ["RAX", "RRS", "RA", "LPSI"])
@@ -294,13 +296,16 @@ def test_the_predictors_gpu_way_back_gives_the_cpu_masks_and_maps(reference_file
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not __import__("torch").cuda.is_available(), reason="needs CUDA"))])
-@pytest.mark.parametrize("layout", ["lps", "sagittal", "oblique", "fortran-int16", "ct", "mr"])
+@pytest.mark.parametrize("layout", ["lps", "sagittal", "oblique", "fortran-int16", "reversed-view", "ct", "mr"])
 def test_resampling_on_a_torch_device_matches_scipy(layout, device, request):
     """The GPU's preprocessing (torch, float64, axis by axis) against scipy's: same grid and crop, values
     equal to float64 rounding."""
     if layout in ("ct", "mr"):
         name = {"ct": "example_ct_sm.nii.gz", "mr": "example_mr_sm.nii.gz"}[layout]
         vol = read_volume(request.getfixturevalue("reference_files") / name)
+    elif layout == "reversed-view":  # negative strides (a flipped view), torch cannot take them as they are
+        base = smooth_volume((22, 2, 12), np.diag([0.7, 0.8, 2.5, 1.0]))
+        vol = Volume(array=base.array[:, ::-1, ::-1], affine=base.affine)
     elif layout == "fortran-int16":
         base = smooth_volume((30, 26, 12), np.diag([-0.7, 0.8, 2.5, 1.0]))
         vol = Volume(array=np.asfortranarray(base.array.astype(np.int16)), affine=base.affine)

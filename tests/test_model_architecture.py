@@ -157,6 +157,12 @@ def test_fused_instance_norm_matches_the_modules_in_value_and_gradient(monkeypat
     for a, b in zip(grad_got, grad_expected):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
 
+    # only the norm's bias trains (frozen conv and norm weight): still the autograd branch, with a gradient
+    frozen_y = y.detach().clone()
+    bias_grad = torch.autograd.grad(instance_norm_leaky_relu(
+        frozen_y, block.norm.weight.detach(), block.norm.bias, block.norm.eps).sum(), block.norm.bias)[0]
+    assert torch.isfinite(bias_grad).all() and bias_grad.abs().sum() > 0
+
     # bf16 activations: statistics in float32, channel group by channel group for big tensors
     monkeypatch.setattr(unet, "_STATS_CHUNK", 9 * 8 * 7 * 4)  # forces groups of 2 channels
     low = y.detach().to(torch.bfloat16)

@@ -208,15 +208,19 @@ def window_layout(device: torch.device, autocast: torch.dtype | None) -> torch.m
     return torch.contiguous_format
 
 
-def cast_conv_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def cast_conv_weights(model: torch.nn.Module, dtype: torch.dtype,
+                      originals: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Store the convolutions' weights and biases in ``dtype``; returns the float32 originals (on the CPU).
 
     Under autocast every convolution casts its weight and bias to the autocast dtype on each call (and
     autocast keeps those copies while it is active): stored in that dtype up front, the results are
     bit-identical and the float32 copies no longer take GPU memory (SAT-Pro: 1.74 GB of its 1.9 GB of
     weights are convolutions). Other layers (linear, attention, norms) are left in float32.
+
+    Each original is recorded in ``originals`` (filled in place when given) before its parameter is cast, so
+    a failure part-way (a GPU out of memory) leaves a dict that :func:`restore_weights` fully undoes.
     """
-    originals: dict[str, torch.Tensor] = {}
+    originals = {} if originals is None else originals
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
             for param_name, param in module.named_parameters(recurse=False):
@@ -226,10 +230,14 @@ def cast_conv_weights(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, t
 
 
 def restore_weights(model: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
-    """Undo :func:`cast_conv_weights`: put the float32 originals back, on the parameters' device."""
+    """Undo :func:`cast_conv_weights`: put the float32 originals back, on the parameters' device and in
+    their current memory layout."""
     params = dict(model.named_parameters())
     for name, value in originals.items():
-        params[name].data = value.to(params[name].device)
+        param = params[name]
+        layout = (torch.channels_last_3d if param.dim() == 5 and not param.is_contiguous()
+                  and param.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+        param.data = value.to(param.device).contiguous(memory_format=layout)
 
 
 def prepare_layout(model, device: torch.device, autocast: torch.dtype | None):

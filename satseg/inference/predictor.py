@@ -118,7 +118,8 @@ class Predictor:
         text_encoder: the paired :class:`~satseg.model.text.TextEncoder`.
         tokenizer: a :class:`~satseg.model.text.SATTokenizer`.
         name: model name (used for the text-embedding cache key and reports).
-        runtime: device / precision / batching.
+        runtime: device / precision / batching. On CUDA with autocast the convolutions of ``model`` are
+            stored in the autocast dtype (their float32 originals are kept on the CPU).
         embedding_cache: folder for cached text embeddings (``None``: no disk cache).
         cache_key: identity of the weights for the embedding cache (e.g. the checkpoint hash).
     """
@@ -275,7 +276,15 @@ class Predictor:
             return
         if getattr(self, "_fp32_convs", None):
             restore_weights(self.model, self._fp32_convs)
-        self._fp32_convs = cast_conv_weights(self.model, dtype) if dtype is not None else {}
+        self._fp32_convs, self._conv_dtype = {}, None
+        if dtype is None:
+            return
+        try:
+            cast_conv_weights(self.model, dtype, self._fp32_convs)
+        except BaseException:  # e.g. out of GPU memory part-way: back to float32 everywhere
+            restore_weights(self.model, self._fp32_convs)
+            self._fp32_convs = {}
+            raise
         self._conv_dtype = dtype
 
     @contextlib.contextmanager
@@ -287,6 +296,7 @@ class Predictor:
             yield self.model
         finally:
             self._set_conv_dtype(dtype)
+            self._layout_for = None  # weights were swapped: lay out (and compile) again before the next scan
 
     def _to_model_grid(self, volume: Volume, orientation: str):
         """:func:`~satseg.geometry.to_model_grid`, resampled on the GPU when the model runs there (scipy's

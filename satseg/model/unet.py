@@ -35,17 +35,18 @@ def instance_norm_leaky_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.
         slope: negative slope of the LeakyReLU.
     """
     dims = tuple(range(2, y.dim()))
-    if y.dtype == torch.float32 or y.numel() <= _STATS_CHUNK:
-        var, mean = torch.var_mean(y.float(), dim=dims, keepdim=True, unbiased=False)
+    stats = torch.promote_types(y.dtype, torch.float32)  # float32, or float64 for float64 activations
+    if y.dtype == stats or y.numel() <= _STATS_CHUNK:
+        var, mean = torch.var_mean(y.to(stats), dim=dims, keepdim=True, unbiased=False)
     else:
         step = max(1, _STATS_CHUNK // (y.numel() // y.shape[1]))
-        parts = [torch.var_mean(y[:, c:c + step].float(), dim=dims, keepdim=True, unbiased=False)
+        parts = [torch.var_mean(y[:, c:c + step].to(stats), dim=dims, keepdim=True, unbiased=False)
                  for c in range(0, y.shape[1], step)]
         var, mean = torch.cat([v for v, _ in parts], dim=1), torch.cat([m for _, m in parts], dim=1)
     shape = (1, -1) + (1,) * len(dims)
-    scale = weight.float().view(shape) * torch.rsqrt(var + eps)
-    shift = bias.float().view(shape) - mean * scale
-    if torch.is_grad_enabled() and (y.requires_grad or weight.requires_grad):
+    scale = weight.to(stats).view(shape) * torch.rsqrt(var + eps)
+    shift = bias.to(stats).view(shape) - mean * scale
+    if torch.is_grad_enabled() and (y.requires_grad or weight.requires_grad or bias.requires_grad):
         out = torch.addcmul(shift, y, scale).to(y.dtype)  # training: autograd needs y, and out= has no gradient
     else:  # inference: written over y itself (no second full-size tensor), computed in float32 inside the
         out = torch.addcmul(shift, y, scale, out=y)  # kernel and rounded once to y's dtype
@@ -115,8 +116,9 @@ class Encoder(nn.Module):
             if s == 0 and concat_room:
                 room = _room_for(x)
                 room[:, x.shape[1]:] = x
-                x = room[:, x.shape[1]:]
-            skips.append(x)
+                skips.append(room[:, x.shape[1]:])  # the next stage reads the dense x, then x is freed
+            else:
+                skips.append(x)
         return skips, room
 
 
