@@ -116,27 +116,20 @@ class GridRecord:
         out_dtype = np.float32 if spline_order == 1 else data.dtype
         result = np.zeros((data.shape[0], *self.input_shape), dtype=out_dtype)
         oriented = orient_view(result, self.ornt)
-        padded = self._pad_for_inverse(data)
-
-        # oriented index o → resampled q = inv(M) (o − t) → padded index c = q − crop_start + 1
-        inverse = np.linalg.inv(self.index_matrix)
-        shift = -inverse @ self.index_offset - np.asarray(self.crop_start, dtype=float) + 1.0
-        box = self._input_box(np.asarray(padded.shape[1:]))
-        if box is None:
+        plan = self._inverse_plan()
+        if plan is None:
             return result[0] if squeeze else result
-        lo, hi = box
-        matrix = _diagonal_or_full(inverse)
-        offset = shift + inverse @ lo.astype(float)
-        region = tuple(slice(a, b) for a, b in zip(lo, hi))
+        region, matrix, offset, extent = plan
+        padded = self._pad_for_inverse(data)
         if spline_order == 1 and matrix.ndim == 1:  # axis-aligned: separable, ~4x faster than scipy
-            positions = [offset[a] + matrix[a] * np.arange(hi[a] - lo[a]) for a in range(3)]
-            step = max(1, int(_CHUNK_VOXELS // np.prod(hi - lo)))  # bounds the temporaries to a few 100 MB
+            positions = _axis_positions(matrix, offset, extent)
+            step = max(1, int(_CHUNK_VOXELS // np.prod(extent)))  # bounds the temporaries to a few 100 MB
             for n in range(0, data.shape[0], step):
                 oriented[(slice(n, n + step), *region)] = _separable_linear(padded[n: n + step], positions)
             return result[0] if squeeze else result
         for n in range(data.shape[0]):
             oriented[(n, *region)] = ndimage.affine_transform(
-                padded[n], matrix, offset=offset, output_shape=tuple(hi - lo),
+                padded[n], matrix, offset=offset, output_shape=tuple(extent),
                 order=spline_order, mode="constant", cval=0.0, output=out_dtype,
             )
         return result[0] if squeeze else result
@@ -156,20 +149,12 @@ class GridRecord:
         result = np.zeros((data.shape[0], *self.input_shape[::-1]), dtype=dtype).transpose(0, 3, 2, 1)
         flips = [axis for axis, flip in enumerate(self.ornt[:, 1]) if flip == -1]
         to_input = [int(a) for a in np.argsort(np.argsort(self.ornt[:, 0]))]  # undoes orient_view's transpose
-        padded = torch.zeros((data.shape[0], *(s + 2 for s in data.shape[1:])), dtype=torch.float32,
-                             device=data.device)
-        padded[:, 1:-1, 1:-1, 1:-1] = data
-        self._copy_edges(padded)
-        inverse = np.linalg.inv(self.index_matrix)
-        shift = -inverse @ self.index_offset - np.asarray(self.crop_start, dtype=float) + 1.0
-        box = self._input_box(np.asarray(padded.shape[1:]))
-        if box is None:
+        plan = self._inverse_plan()
+        if plan is None:
             return result[0] if squeeze else result
-        lo, hi = box
-        matrix = _diagonal_or_full(inverse)
-        offset = shift + inverse @ lo.astype(float)
-        region = tuple(slice(a, b) for a, b in zip(lo, hi))
-        positions = [offset[a] + matrix[a] * np.arange(hi[a] - lo[a]) for a in range(3)]
+        region, matrix, offset, extent = plan
+        padded = self._pad_for_inverse(data)
+        positions = _axis_positions(matrix, offset, extent)
         for n in range(data.shape[0]):  # one map at a time: bounded device memory
             values = _separable_linear(padded[n:n + 1], positions)[0]
             if threshold is not None:
@@ -224,23 +209,39 @@ class GridRecord:
             "model_affine": self.affine.tolist(),
         }
 
-    def _pad_for_inverse(self, data: np.ndarray) -> np.ndarray:
+    def _pad_for_inverse(self, data):
         """(N, H, W, D) → (N, H+2, W+2, D+2): zeros beyond the crop box, the edge value where the box touches the
-        resampled grid's border (MONAI's border padding holds there)."""
-        padded = np.zeros((data.shape[0], *(s + 2 for s in data.shape[1:])), dtype=data.dtype)
-        padded[:, 1:-1, 1:-1, 1:-1] = data
-        self._copy_edges(padded)
-        return padded
+        resampled grid's border (MONAI's border padding holds there). A torch tensor is padded on its device,
+        in float32."""
+        shape = (data.shape[0], *(s + 2 for s in data.shape[1:]))
+        if _is_tensor(data):
+            import torch
 
-    def _copy_edges(self, padded) -> None:
-        """Fill the one-voxel border of ``padded`` (numpy or torch) with the edge value where the crop box
-        touches the resampled grid's border; elsewhere it stays 0."""
+            padded = torch.zeros(shape, dtype=torch.float32, device=data.device)
+        else:
+            padded = np.zeros(shape, dtype=data.dtype)
+        padded[:, 1:-1, 1:-1, 1:-1] = data
         for axis in range(3):
             ax = axis + 1
             if self.crop_start[axis] == 0:
                 _take(padded, ax, 0)[...] = _take(padded, ax, 1)
             if self.crop_stop[axis] == self.resampled_shape[axis]:
                 _take(padded, ax, -1)[...] = _take(padded, ax, -2)
+        return padded
+
+    def _inverse_plan(self):
+        """How the scan's voxels read the padded model grid (:meth:`_pad_for_inverse`): ``(region, matrix,
+        offset, extent)`` for the box of oriented input voxels that land inside it (``matrix`` 1-D when the map
+        is axis-aligned), or ``None`` when none does."""
+        # oriented index o → resampled q = inv(M) (o − t) → padded index c = q − crop_start + 1
+        inverse = np.linalg.inv(self.index_matrix)
+        shift = -inverse @ self.index_offset - np.asarray(self.crop_start, dtype=float) + 1.0
+        box = self._input_box(np.asarray(self.shape) + 2)
+        if box is None:
+            return None
+        lo, hi = box
+        region = tuple(slice(a, b) for a, b in zip(lo, hi))
+        return region, _diagonal_or_full(inverse), shift + inverse @ lo.astype(float), hi - lo
 
     def _input_box(self, padded_shape: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Box [lo, hi) of oriented input indices whose padded model-grid position lies inside the padded array."""
@@ -446,15 +447,24 @@ def _resample_torch(array: np.ndarray, ornt: np.ndarray, record: GridRecord, out
     return tensor.to(torch.float32).cpu().numpy()
 
 
+def _axis_positions(matrix: np.ndarray, offset: np.ndarray, extent) -> list[np.ndarray]:
+    """Per-axis sampling positions of an axis-aligned map (diagonal ``matrix``) over ``extent`` output voxels."""
+    return [offset[a] + matrix[a] * np.arange(extent[a]) for a in range(3)]
+
+
 def _separable_linear(data, positions: list[np.ndarray]):
     """Linear interpolation of (N, A, B, C) ``data`` at the outer product of per-axis ``positions``; 0 outside.
 
     Same values as ``scipy.ndimage.affine_transform(order=1, mode="constant")`` with a diagonal matrix, in float32.
     ``data`` may be a torch tensor: the same float32 operations, in the same order, run on its device.
     """
-    if _is_tensor(data):
-        return _separable_linear_torch(data, positions)
-    out = data.astype(np.float32, copy=False)
+    tensor = _is_tensor(data)
+    if tensor:
+        import torch
+
+        out = data.to(torch.float32)
+    else:
+        out = data.astype(np.float32, copy=False)
     # expand the axis that grows least first, so the intermediate arrays stay small
     for axis in sorted(range(3), key=lambda a: len(positions[a]) / data.shape[a + 1]):
         length = out.shape[axis + 1]
@@ -466,33 +476,13 @@ def _separable_linear(data, positions: list[np.ndarray]):
         shape[axis + 1] = len(pos)
         w1 = np.where(inside, weight, 0).astype(np.float32).reshape(shape)
         w0 = np.where(inside, 1 - weight, 0).astype(np.float32).reshape(shape)
-        low = np.take(out, first, axis=axis + 1)
+        if tensor:
+            index = torch.from_numpy(first.astype(np.int64)).to(out.device)
+            w0, w1 = torch.from_numpy(w0).to(out.device), torch.from_numpy(w1).to(out.device)
+            low, high = out.index_select(axis + 1, index), out.index_select(axis + 1, index + 1)
+        else:
+            low, high = np.take(out, first, axis=axis + 1), np.take(out, first + 1, axis=axis + 1)
         low *= w0
-        high = np.take(out, first + 1, axis=axis + 1)
-        high *= w1
-        low += high
-        out = low
-    return out
-
-
-def _separable_linear_torch(data, positions: list[np.ndarray]):
-    import torch
-
-    out = data.to(torch.float32)
-    for axis in sorted(range(3), key=lambda a: len(positions[a]) / data.shape[a + 1]):
-        length = out.shape[axis + 1]
-        pos = positions[axis]
-        inside = (pos >= 0) & (pos <= length - 1)
-        first = np.clip(np.floor(pos).astype(np.intp), 0, length - 2)
-        weight = (pos - first).astype(np.float32)
-        shape = [1, 1, 1, 1]
-        shape[axis + 1] = len(pos)
-        w1 = torch.from_numpy(np.where(inside, weight, 0).astype(np.float32).reshape(shape)).to(out.device)
-        w0 = torch.from_numpy(np.where(inside, 1 - weight, 0).astype(np.float32).reshape(shape)).to(out.device)
-        index = torch.from_numpy(first.astype(np.int64)).to(out.device)
-        low = out.index_select(axis + 1, index)
-        low *= w0
-        high = out.index_select(axis + 1, index + 1)
         high *= w1
         low += high
         out = low

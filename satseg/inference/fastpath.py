@@ -235,9 +235,7 @@ def restore_weights(model: torch.nn.Module, originals: dict[str, torch.Tensor]) 
     params = dict(model.named_parameters())
     for name, value in originals.items():
         param = params[name]
-        layout = (torch.channels_last_3d if param.dim() == 5 and not param.is_contiguous()
-                  and param.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
-        param.data = value.to(param.device).contiguous(memory_format=layout)
+        param.data = torch.empty_like(param, dtype=value.dtype).copy_(value)  # empty_like keeps the strides
 
 
 def prepare_layout(model, device: torch.device, autocast: torch.dtype | None):

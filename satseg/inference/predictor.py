@@ -322,8 +322,13 @@ class Predictor:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             log.warning("GPU out of memory bringing masks back to the scan's grid: doing it on the CPU")
-            on_input = record.to_input_grid(prob.cpu().numpy(), order="linear")
-            return (on_input > threshold).astype(np.uint8), (on_input if want_map else None)
+            return Predictor._back_on_cpu(record, prob.cpu().numpy(), threshold, want_map)
+
+    @staticmethod
+    def _back_on_cpu(record, prob: np.ndarray, threshold: float, want_map: bool):
+        """(mask, probability map or None) on the input grid for a model-grid map in memory."""
+        on_input = record.to_input_grid(prob, order="linear")
+        return (on_input > threshold).astype(np.uint8), (on_input if want_map else None)
 
     # -- the whole job -------------------------------------------------------------------------------
 
@@ -368,8 +373,7 @@ class Predictor:
                 if prob.device.type != "cpu":  # on the GPU: interpolated there, thresholded before the transfer
                     masks[name], on_input = self._back_on_gpu(record, prob, threshold, maps is not None)
                 else:
-                    on_input = record.to_input_grid(prob.numpy(), order="linear")
-                    masks[name] = (on_input > threshold).astype(np.uint8)
+                    masks[name], on_input = self._back_on_cpu(record, prob.numpy(), threshold, maps is not None)
                 if maps is not None:
                     maps[name] = on_input.astype(np.float32, copy=False)
             del term_probs

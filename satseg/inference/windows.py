@@ -26,7 +26,6 @@ Window positions need no torch; the map and the patches are torch tensors (torch
 from __future__ import annotations
 
 import functools
-
 import math
 from itertools import product
 from typing import TYPE_CHECKING, Sequence
