@@ -148,6 +148,56 @@ def test_mask_with_values_other_than_0_and_1_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("values", [np.int16([0, 2]), np.int16([-1, 1]), np.uint16([0, 7]), np.float32([0, 0.5])])
+def test_mask_integer_and_float_values_outside_0_and_1_are_refused_whatever_the_dtype(values, tmp_path):
+    volume = synthetic_volume()
+    mask = np.zeros(volume.shape, values.dtype)
+    mask[1, 2, 3], mask[4, 5, 6] = values
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        write_mask(mask, volume, tmp_path / "m.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_binary_uint8_reuses_bool_and_uint8_memory_and_keeps_the_order():
+    from satseg.outputs.masks import binary_uint8
+
+    mask = np.asfortranarray(np.random.default_rng(0).random((9, 7, 5)) > 0.5)
+    as_bytes = binary_uint8(mask)
+    assert as_bytes.dtype == np.uint8 and np.shares_memory(as_bytes, mask) and as_bytes.flags.f_contiguous
+    assert np.array_equal(as_bytes, mask.astype(np.uint8))
+    assert binary_uint8(as_bytes) is as_bytes
+    strided = binary_uint8(mask[::2, :, 1:])  # not contiguous: still a view with the right values
+    assert np.array_equal(strided, mask[::2, :, 1:].astype(np.uint8))
+    assert np.array_equal(binary_uint8(mask.astype(np.int64)), as_bytes)
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_masks_maps_and_label_images_are_the_bytes_nibabel_serialises(order, ct, tmp_path):
+    """Streamed into the compressor (no in-memory copy of the file): the payload is exactly nibabel's own
+    serialisation, for either memory order, and the gzip header carries no temporary name and no time."""
+    from satseg.outputs.masks import INTENT_LABEL, INTENT_NONE, nifti_like, write_probability
+    from satseg.outputs.multilabel import write_multilabel
+
+    rng = np.random.default_rng(1)
+    mask = np.asarray(rng.random(ct.shape) > 0.6, order=order)
+    prob = np.asarray(rng.random(ct.shape, dtype=np.float32), order=order)
+    expected_mask = nifti_like(mask.astype(np.uint8), ct, intent=INTENT_LABEL, description="satseg mask")
+    expected_mask.header["cal_min"], expected_mask.header["cal_max"] = 0, 1
+    expected_prob = nifti_like(prob, ct, intent=INTENT_NONE, description="satseg probability")
+    expected_prob.header["cal_min"], expected_prob.header["cal_max"] = 0, 1
+    for written, expected in ((write_mask(mask, ct, tmp_path / "m.nii.gz"), expected_mask),
+                              (write_probability(prob, ct, tmp_path / "p.nii.gz"), expected_prob)):
+        raw = written.read_bytes()
+        assert raw[3] & 0x08 == 0 and raw[4:8] == bytes(4)  # no FNAME field, mtime 0
+        assert gzip.decompress(raw) == expected.to_bytes()
+    labels = tmp_path / "segmentation.nii.gz"
+    write_multilabel({"a": mask, "b": ~mask}, ct, labels)
+    back = nib.load(labels)
+    assert np.array_equal(np.asarray(back.dataobj), np.where(mask, 1, 2))
+    assert [e.get_code() for e in back.header.extensions] and gzip.decompress(labels.read_bytes())[:4] == \
+        back.header.binaryblock[:4]
+
+
 def test_probability_map_is_float32_on_the_input_grid(ct, tmp_path):
     prob = np.linspace(0, 1, int(np.prod(ct.shape))).reshape(ct.shape)
     out = write_probability(prob, ct, tmp_path / "p.nii.gz")

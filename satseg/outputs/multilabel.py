@@ -33,7 +33,7 @@ import numpy as np
 
 from satseg.io.atomic import atomic_path
 from satseg.io.volume import Volume
-from satseg.outputs.masks import INTENT_LABEL, nifti_like
+from satseg.outputs.masks import INTENT_LABEL, nifti_like, write_nifti
 from satseg.outputs.report import dumps, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def write_multilabel(
     path = Path(path)
     sidecar = legend_sidecar_path(path)
     with atomic_path(path) as image_tmp, atomic_path(sidecar) as sidecar_tmp:
-        image.to_filename(image_tmp)
+        write_nifti(image, image_tmp, gz=path.name.endswith(".gz"))
         sidecar_tmp.write_text(dumps(legend), encoding="utf-8")
     return legend
 
