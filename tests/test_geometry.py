@@ -207,6 +207,51 @@ def test_tensor_maps_come_back_exactly_like_arrays(layout, device, request):
     assert np.array_equal(record.to_input_grid(maps[1], threshold=0.5), single)
 
 
+@pytest.mark.parametrize("layout", ["ras", "lps", "sagittal", "sagittal-asr", "oblique", "ct"])
+def test_arrays_come_back_fortran_ordered_and_masks_thresholded_as_they_are_interpolated(layout, request):
+    """The CPU's way back: every map Fortran-ordered (NIfTI's order, written without a transposing copy),
+    whatever the orientation, and ``threshold=`` gives exactly ``map > threshold``."""
+    if layout == "ct":
+        vol = read_volume(request.getfixturevalue("reference_files") / "example_ct_sm.nii.gz")
+    else:
+        vol = smooth_volume((24, 20, 14), {
+            "ras": np.diag([0.9, 1.3, 2.0, 1.0]), "lps": np.diag([-0.9, -1.3, 2.0, 1.0]),
+            "sagittal": sagittal_affine(), "sagittal-asr": sagittal_affine(), "oblique": oblique_affine()}[layout])
+    _, record = to_model_grid(vol, orientation="ASR" if layout.endswith("asr") else "RAS")
+    maps = np.random.default_rng(5).random((2, *record.shape), dtype=np.float32)
+    back = record.to_input_grid(maps)
+    assert back.shape == (2, *vol.shape) and all(back[n].flags.f_contiguous for n in range(2))
+    for n in range(2):
+        assert np.array_equal(back[n], record.to_input_grid(maps[n]))  # one map at a time: the same values
+        mask = record.to_input_grid(maps[n], threshold=0.5)
+        assert mask.dtype == np.uint8 and mask.flags.f_contiguous
+        assert np.array_equal(mask, (back[n] > 0.5).astype(np.uint8)) and 0 < mask.mean() < 1
+    labels = (maps > 0.5).astype(np.int16)
+    assert np.array_equal(record.to_input_grid(labels, order="nearest", threshold=0),
+                          (record.to_input_grid(labels, order="nearest") > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("tensor", [False, True])
+def test_separable_interpolation_gives_the_same_values_in_every_memory_layout(tensor):
+    import itertools
+
+    import torch
+
+    from satseg.geometry import _separable_linear
+
+    rng = np.random.default_rng(2)
+    data = rng.random((2, 9, 7, 5), dtype=np.float32)
+    positions = [np.sort(rng.uniform(-1.5, n + 0.5, size=m)) for n, m in zip((9, 7, 5), (13, 11, 16))]
+    positions[1][3] = positions[1][4]  # a repeated position
+    source = torch.from_numpy(data) if tensor else data
+    reference = np.asarray(_separable_linear(source, positions))
+    assert reference.shape == (2, 13, 11, 16) and (reference == 0).any() and (reference > 0).any()
+    for layout in itertools.permutations(range(3)):
+        got = np.asarray(_separable_linear(source, positions, layout=layout))
+        assert got.shape == (2, *(reference.shape[a + 1] for a in layout)) and got.flags.c_contiguous
+        assert np.array_equal(got.transpose(0, *(layout.index(a) + 1 for a in range(3))), reference)
+
+
 def test_values_outside_the_crop_box_are_zero(reference_files):
     vol = read_volume(reference_files / "example_ct_sm.nii.gz")
     _, record = to_model_grid(vol)

@@ -326,9 +326,12 @@ class Predictor:
 
     @staticmethod
     def _back_on_cpu(record, prob: np.ndarray, threshold: float, want_map: bool):
-        """(mask, probability map or None) on the input grid for a model-grid map in memory."""
+        """(mask, probability map or None) on the input grid for a model-grid map in memory; both
+        Fortran-ordered (NIfTI's order: written without a transposing copy)."""
+        if not want_map:  # thresholded as it is interpolated: no float32 map of the whole scan
+            return record.to_input_grid(prob, order="linear", threshold=threshold), None
         on_input = record.to_input_grid(prob, order="linear")
-        return (on_input > threshold).astype(np.uint8), (on_input if want_map else None)
+        return (on_input > threshold).astype(np.uint8), on_input
 
     # -- the whole job -------------------------------------------------------------------------------
 
