@@ -60,6 +60,25 @@ def test_composite_prompt_is_the_union_of_its_terms(predictor, reference_files):
     np.testing.assert_array_equal(result.masks["liver_and_spleen"], result.masks["liver"] | result.masks["spleen"])
 
 
+def test_maps_brought_back_in_parallel_are_those_brought_back_one_at_a_time(predictor, reference_files, monkeypatch):
+    """The CPU brings prompts back to the scan's grid on several threads: same masks and maps, name for name,
+    Fortran-ordered (NIfTI's order), on an LPS scan (flipped axes)."""
+    from satseg.outputs import masks as masks_module
+
+    path, prompts = reference_files / "example_mr_sm.nii.gz", ["liver", "spleen", "left kidney", "liver and spleen"]
+    options = ScanOptions(modality="mri")
+    monkeypatch.setattr(masks_module, "parallel_workers", lambda items, cap=8: 3)
+    threaded = predictor.segment(path, prompts, scan_options=options, probabilities=True)
+    monkeypatch.setattr(masks_module, "parallel_workers", lambda items, cap=8: 1)
+    serial = predictor.segment(path, prompts, scan_options=options, probabilities=True)
+    assert threaded.names == serial.names == list(threaded.masks) == list(threaded.probabilities)
+    for name in serial.names:
+        assert np.array_equal(threaded.masks[name], serial.masks[name])
+        assert np.array_equal(threaded.probabilities[name], serial.probabilities[name])
+        assert threaded.masks[name].flags.f_contiguous and threaded.probabilities[name].flags.f_contiguous
+    assert len({threaded.probabilities[n].tobytes() for n in serial.names}) == len(serial.names)  # distinct maps
+
+
 def test_text_embeddings_are_computed_once_per_term(predictor, monkeypatch):
     encoded: list[list[str]] = []
     real_encode = predictor.text_encoder.encode

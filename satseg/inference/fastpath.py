@@ -159,7 +159,7 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
                 logits = model.decode(features, queries[start:stop].to(features.tokens.dtype))
                 if isinstance(logits, list):  # a model built with deep supervision: the full-resolution head
                     logits = logits[0]
-                probs = torch.sigmoid(logits.float())
+                probs = logits.float().sigmoid_()  # in place: the logits are this loop's own temporary
                 for group, window_probs in zip(members, probs):
                     for box in group:
                         accumulator.add(box, window_probs, prompts=slice(start, stop))

@@ -368,18 +368,31 @@ class Predictor:
         maps: dict[str, np.ndarray] | None = {} if probabilities else None
         threshold = case.prompt_options.threshold
         with clock("to_input_grid"):
+            from satseg.outputs.masks import parallel_workers
+
             index = {t: i for i, t in enumerate(terms)}
-            for name, resolution in zip(names, resolutions):
+
+            def back(resolution):
                 rows = [index[t] for t in resolution["terms"]]
                 # A composite prompt ("kidneys") is the union of its terms: the voxel-wise maximum.
                 prob = term_probs[rows].amax(dim=0)
                 if prob.device.type != "cpu":  # on the GPU: interpolated there, thresholded before the transfer
-                    masks[name], on_input = self._back_on_gpu(record, prob, threshold, maps is not None)
-                else:
-                    masks[name], on_input = self._back_on_cpu(record, prob.numpy(), threshold, maps is not None)
+                    return self._back_on_gpu(record, prob, threshold, maps is not None)
+                return self._back_on_cpu(record, prob.numpy(), threshold, maps is not None)
+
+            workers = 1 if term_probs.device.type != "cpu" else parallel_workers(len(names))
+            if workers > 1:  # numpy's interpolation runs on one core and releases the GIL: one map per core
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    results = list(pool.map(back, resolutions))
+            else:
+                results = [back(resolution) for resolution in resolutions]
+            for name, (mask, on_input) in zip(names, results):
+                masks[name] = mask
                 if maps is not None:
                     maps[name] = on_input.astype(np.float32, copy=False)
-            del term_probs
+            del term_probs, results
         grid = record.to_dict()
         grid["orientation_choice"] = case.scan_options.orientation
         return Segmentation(volume=volume, prompts=list(case.prompts), names=names, resolutions=resolutions,

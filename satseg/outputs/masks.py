@@ -161,12 +161,18 @@ def write_masks(masks: dict[str, np.ndarray], like: Volume, folder: str | os.Pat
 
     folder = Path(folder)
     if workers is None:
-        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        workers = parallel_workers(len(masks))
     targets = [(mask, folder / f"{name}.nii.gz") for name, mask in masks.items()]
     if workers <= 1 or len(targets) <= 1:
         return [write_mask(mask, like, target) for mask, target in targets]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda item: write_mask(item[0], like, item[1]), targets))
+
+
+def parallel_workers(items: int, cap: int = 8) -> int:
+    """Threads for ``items`` independent numpy/gzip jobs: the CPUs this process may use, at most ``cap``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(items, cpus, cap))
 
 
 def binary_uint8(mask: np.ndarray) -> np.ndarray:
