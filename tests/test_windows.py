@@ -421,3 +421,23 @@ def test_importance_map_is_computed_once_and_handed_out_as_copies():
     again = gaussian_importance(SMALL_WINDOW, dtype=torch.float16)
     assert torch.equal(again, expected)
     assert torch.equal(gaussian_importance(SMALL_WINDOW), expected.float())
+
+
+def test_scratch_windows_are_weighted_in_place_with_the_same_sums():
+    from satseg.inference.aggregate import ProbabilityAccumulator
+
+    shape, window = (20, 18, 9), (8, 8, 4)
+    boxes = window_slices(shape, window, (4, 4, 2))
+    rng = torch.Generator().manual_seed(0)
+    windows = [torch.rand((3, *window), generator=rng) for _ in boxes]
+    plain = ProbabilityAccumulator(shape, 3, window=window)
+    scratch = ProbabilityAccumulator(shape, 3, window=window)
+    for box, probs in zip(boxes, windows):
+        plain.add(box, probs)
+        copy = probs.clone()
+        scratch.add(box, copy, scratch=True)
+        assert not torch.equal(copy, probs)  # overwritten: that is the point
+    assert torch.equal(scratch.probabilities(), plain.probabilities())
+    kept = windows[0].clone()
+    ProbabilityAccumulator(shape, 3, window=window).add(boxes[0], kept)
+    assert torch.equal(kept, windows[0])  # without scratch the caller's tensor is left alone

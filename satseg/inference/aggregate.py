@@ -90,10 +90,12 @@ class ProbabilityAccumulator:
                 self._add_weight(box)
         self._normalised = dtype != torch.float32  # sums hold probabilities, not weighted sums
 
-    def add(self, box: Box, probs: torch.Tensor, prompts: slice | None = None) -> None:
+    def add(self, box: Box, probs: torch.Tensor, prompts: slice | None = None, *, scratch: bool = False) -> None:
         """Add one window's probabilities: ``probs`` (n, *window) or (n, *box extent), n = prompts in ``prompts``.
 
         ``prompts`` selects the prompt chunk (default: all N). Padding beyond the box is ignored.
+        ``scratch=True``: ``probs`` (float32) may be overwritten: weighted in place, without a temporary
+        (the same products).
         """
         start, stop = self._prompt_range(prompts)
         extent = self._check_box(box)
@@ -105,7 +107,11 @@ class ProbabilityAccumulator:
         factor = self._importance_on(probs.device)[crop]
         if self._normalised:
             factor = factor / self._weight[box].to(probs.device)
-        weighted = probs[(slice(None), *crop)].to(torch.float32) * factor
+        region = probs[(slice(None), *crop)]
+        if scratch and region.dtype == torch.float32:
+            weighted = region.mul_(factor)
+        else:
+            weighted = region.to(torch.float32) * factor
         self._sums[(slice(start, stop), *box)] += weighted.to(device=self.device, dtype=self.dtype)
         self._count(box, start, stop)
 

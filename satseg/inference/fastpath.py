@@ -161,8 +161,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
                     logits = logits[0]
                 probs = logits.float().sigmoid_()  # in place: the logits are this loop's own temporary
                 for group, window_probs in zip(members, probs):
-                    for box in group:
-                        accumulator.add(box, window_probs, prompts=slice(start, stop))
+                    for last, box in enumerate(group, start=1 - len(group)):  # last == 0 for the final box
+                        accumulator.add(box, window_probs, prompts=slice(start, stop), scratch=last == 0)
                 del logits, probs
             del features
             _sync(device)
@@ -190,6 +190,10 @@ def crop_per_pixel(features, boxes: Sequence[Box]):
     if list(full.shape[2:]) == extent:
         return features
     cropped = full[:, :, : extent[0], : extent[1], : extent[2]]
+    if cropped.device.type == "cpu":
+        # The CPU's einsum copies a strided operand on every call (every prompt chunk): copied once here
+        # (nano, 100 prompts, 4 windows of a 512×512×300 CT: 8.8 → 4.1 s of einsum).
+        cropped = cropped.contiguous()
     return dataclasses.replace(features, per_pixel=[cropped, *features.per_pixel[1:]])
 
 
