@@ -168,3 +168,22 @@ def test_a_failure_part_way_through_casting_leaves_every_weight_in_float32(monke
     with torch.inference_mode():
         predictor.model(torch.randn(1, 3, *predictor.model.config.window),
                         torch.randn(2, predictor.model.config.query_dim))
+
+
+def test_reduced_precision_logits_become_the_same_probabilities_in_a_reused_buffer():
+    from satseg.inference.fastpath import _probabilities
+
+    logits = (torch.randn(2, 3, 8, 7, 5) * 4).to(torch.bfloat16)
+    probs, spare = _probabilities(logits.clone(), None)
+    assert probs.dtype == torch.float32 and torch.equal(probs, torch.sigmoid(logits.float()))
+    smaller = logits[:1, :2].clone()
+    again, same_spare = _probabilities(smaller, spare)
+    assert same_spare is spare and again.data_ptr() == spare.data_ptr()  # reused, not reallocated
+    assert torch.equal(again, torch.sigmoid(smaller.float()))
+    bigger = torch.randn(3, 3, 8, 7, 5).to(torch.bfloat16)
+    grown, new_spare = _probabilities(bigger, spare)
+    assert new_spare.numel() == bigger.numel() and torch.equal(grown, torch.sigmoid(bigger.float()))
+    own = torch.randn(2, 3, 4, 4, 4)
+    expected = torch.sigmoid(own)
+    in_place, untouched = _probabilities(own, None)
+    assert in_place is own and untouched is None and torch.equal(in_place, expected)  # float32: in place
