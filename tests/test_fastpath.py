@@ -187,3 +187,39 @@ def test_reduced_precision_logits_become_the_same_probabilities_in_a_reused_buff
     expected = torch.sigmoid(own)
     in_place, untouched = _probabilities(own, None)
     assert in_place is own and untouched is None and torch.equal(in_place, expected)  # float32: in place
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "absent"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "absent"
+
+
+@pytest.mark.skipif(_thp_mode() not in ("always", "madvise"), reason="no transparent huge pages on this kernel")
+def test_importing_satseg_first_puts_large_cpu_tensors_on_huge_pages():
+    """satseg turns on PyTorch's THP_MEM_ALLOC_ENABLE before torch starts: a large tensor's memory is then
+    backed by 2 MiB pages (AnonHugePages grows), not faulted in 4 KiB at a time; off again with the variable at 0."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import satseg, torch, re\n"
+        "def huge():\n"
+        "    return int(re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read()).group(1))\n"
+        "before = huge()\n"
+        "x = torch.ones(64 * 2**20 // 4)\n"
+        "print(huge() - before)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def grown(extra):
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.split()[-1])
+
+    assert grown({}) >= 32 * 1024  # kB: at least half of the 64 MiB tensor on huge pages
+    if _thp_mode() == "madvise":  # with "always" the kernel uses huge pages whatever PyTorch asks
+        assert grown({"THP_MEM_ALLOC_ENABLE": "0"}) < 32 * 1024
