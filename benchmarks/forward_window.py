@@ -19,6 +19,7 @@ import platform
 import resource
 import time
 
+import satseg  # noqa: F401  (first: huge pages for CPU tensors, as the CLI runs)
 import torch
 
 from satseg.model import build_sat

@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import satseg  # noqa: F401  (first: its process settings, e.g. huge pages for CPU tensors, apply before torch)
 import numpy as np
 import torch
 
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
                     row = run_case(predictor, scan, ct_prompts(n), Path(tmp), args.reference)
                 row.update(variant=variant, case=case, prompts=n, device=str(predictor.device), precision=precision,
                            compiled=args.compile,
-                           build_s=build_s, loadavg=os.getloadavg(), threads=torch.get_num_threads())
+                           build_s=build_s, loadavg=os.getloadavg(), threads=torch.get_num_threads(),
+                           thp=os.environ.get("THP_MEM_ALLOC_ENABLE"))
                 rows.append(row)
                 print(markdown([row]).splitlines()[-1], flush=True)
                 out_json.write_text(json.dumps({"machine": info, "rows": rows}, indent=1))

@@ -33,7 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+# Upstream as it ships: PyTorch's default CPU allocation (satseg, imported below through run.py, would turn
+# on huge pages).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "0")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import CASES, DATA, PeakRSS, ct_prompts, machine, synthetic_ct
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         row = {"variant": args.variant, "case": args.case, "prompts": n, "device": str(device),
                "precision": "float16 autocast" if timers.cuda else "float32",
                "pipeline": "upstream SAT", "total_s": total, "stages_s": stages, "peak_rss_gib": rss.peak / 2**30,
-               "build_s": build_s, "loadavg": os.getloadavg(), "threads": torch.get_num_threads()}
+               "build_s": build_s, "loadavg": os.getloadavg(), "threads": torch.get_num_threads(),
+               "thp": os.environ.get("THP_MEM_ALLOC_ENABLE")}
         if timers.cuda:
             row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
         rows.append(row)
