@@ -127,7 +127,7 @@ class GridRecord:
             if threshold is None:
                 target[...] = values
             else:
-                np.greater(values, threshold, out=target, casting="unsafe")  # thresholded in one pass
+                np.greater(values, threshold, out=target)  # thresholded in one pass, bool stored as 0/1
 
         if spline_order == 1 and matrix.ndim == 1:  # axis-aligned: separable, ~4x faster than scipy
             positions = _axis_positions(matrix, offset, extent)

@@ -162,8 +162,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
                     logits = logits[0]
                 probs, spare = _probabilities(logits, spare)
                 for group, window_probs in zip(members, probs):
-                    for last, box in enumerate(group, start=1 - len(group)):  # last == 0 for the final box
-                        accumulator.add(box, window_probs, prompts=slice(start, stop), scratch=last == 0)
+                    for i, box in enumerate(group):  # the last box may weight the probabilities in place
+                        accumulator.add(box, window_probs, prompts=slice(start, stop), scratch=i == len(group) - 1)
                 del logits, probs
             del features
             _sync(device)

@@ -391,7 +391,7 @@ class Predictor:
             for name, (mask, on_input) in zip(names, results):
                 masks[name] = mask
                 if maps is not None:
-                    maps[name] = on_input.astype(np.float32, copy=False)
+                    maps[name] = on_input  # float32 from either way back
             del term_probs, results
         grid = record.to_dict()
         grid["orientation_choice"] = case.scan_options.orientation
