@@ -218,6 +218,11 @@ def wrong_vr(raw: bytearray) -> None:
     raw[at + 4:at + 6] = b"US"
 
 
+def wrong_vr_of_a_number(raw: bytearray) -> None:
+    at = element_offset(raw, 0x0028, 0x0100)  # BitsAllocated: US written as SS
+    raw[at + 4:at + 6] = b"SS"
+
+
 def wrong_length_of_a_number(raw: bytearray) -> None:
     at = element_offset(raw, 0x0028, 0x0010)  # Rows (US, 2 bytes) claims 12 bytes
     raw[at + 6:at + 8] = struct.pack("<H", 12)
@@ -235,7 +240,8 @@ def truncated(raw: bytearray) -> None:
 
 CORRUPTIONS = {
     "text in a DS": (text_in_ds, "ImagePositionPatient"),
-    "wrong VR": (wrong_vr, "PixelSpacing"),
+    "wrong VR of a DS": (wrong_vr, "PixelSpacing"),
+    "wrong VR of a US": (wrong_vr_of_a_number, "BitsAllocated"),
     "wrong length of a US": (wrong_length_of_a_number, "Rows"),
     "wrong length of a DS": (wrong_length_of_a_text, "ImagePositionPatient"),
     "truncated JPEG 2000 pixel data": (truncated, "pixel data"),

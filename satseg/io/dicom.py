@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import tempfile
 import warnings
 import zipfile
@@ -155,9 +154,9 @@ def _scan_series(folder: Path, where: str) -> dict[str, list]:
     for root, _, names in os.walk(folder):
         for name in sorted(names):
             file = Path(root) / name
+            if not file.is_file():  # a FIFO or device would block or never end; a dangling link is nothing
+                continue
             try:
-                if not stat.S_ISREG(file.stat().st_mode):  # a FIFO or device would block or never end
-                    continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # invalid values are reported by the checks below
                     ds = pydicom.dcmread(file, stop_before_pixels=True)
@@ -221,6 +220,7 @@ def _slices_of(file: Path, header, folder: Path, where: str) -> list[_Slice]:
     position = _geometry(header, "ImagePositionPatient", 3, label)
     orientation = _orientation(header, label)
     size = _size(header, label)
+    _pixel_format(header, label)
     return [_Slice(file=file, file_name=name, frame=None, size=size, position=position, orientation=orientation,
                    spacing=_spacing(header, label), rescale=_rescale(header, label))]
 
@@ -235,7 +235,7 @@ def _frames_of(file: Path, header, name: str, where: str) -> list[_Slice]:
     """
     label = f"{where}: {name}"
     n_frames = _count(header, "NumberOfFrames", label) if "NumberOfFrames" in header else 1
-    if int(header.get("SamplesPerPixel", 1) or 1) != 1:
+    if _pixel_format(header, label)[0] != 1:
         raise InputError(f"{label}: colour multi-frame images are not supported")
     shared = _first_item(header, "SharedFunctionalGroupsSequence", label)
     per_frame = header.get("PerFrameFunctionalGroupsSequence") or []
@@ -296,6 +296,19 @@ def _spacing(item, label: str) -> np.ndarray:
 
 def _size(item, label: str) -> tuple[int, int]:
     return _count(item, "Rows", label), _count(item, "Columns", label)
+
+
+def _pixel_format(item, label: str) -> tuple[int, int]:
+    """(SamplesPerPixel, BitsAllocated), checked along with BitsStored and PixelRepresentation: the converters read
+    the pixel data with them."""
+    samples = _count(item, "SamplesPerPixel", label) if "SamplesPerPixel" in item else 1
+    bits = _count(item, "BitsAllocated", label)
+    if _count(item, "BitsStored", label) > bits:
+        raise _malformed(label, "BitsStored", f"{int(item.BitsStored)} is more than BitsAllocated ({bits})")
+    representation = _numbers(item, "PixelRepresentation", 1, label)
+    if representation is not None and representation[0] not in (0, 1):
+        raise _malformed(label, "PixelRepresentation", f"{representation[0]:g} is neither 0 nor 1")
+    return samples, bits
 
 
 def _rescale(item, label: str) -> tuple[float, float] | None:
@@ -455,10 +468,10 @@ def _read_pixels(file: Path, name: str, where: str):
         raise InputError(f"{label}: no pixel data: the file is truncated or damaged{said}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if "PixelData" in ds and syntax is not None and not syntax.is_compressed:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 16))
-        samples = int(ds.get("SamplesPerPixel", 1))
-        expected = (int(ds.Rows) * int(ds.Columns) * samples * frames * bits + 7) // 8
+        frames = _count(ds, "NumberOfFrames", label) if "NumberOfFrames" in ds else 1
+        samples, bits = _pixel_format(ds, label)
+        rows, columns = _size(ds, label)
+        expected = (rows * columns * samples * frames * bits + 7) // 8
         stored = len(ds.PixelData)
         if stored < expected:
             raise InputError(f"{label}: pixel data has {stored} bytes where {expected} are expected: the file is "
