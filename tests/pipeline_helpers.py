@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,15 @@ def make_tiny_official(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     seg = write_official_checkpoint(build_sat("tiny", deep_supervision=True), folder / "tiny.pth", step=1)
     text = write_official_checkpoint(build_text_encoder("tiny"), folder / "tiny_text_encoder.pth", text=True, step=1)
     return seg, text
+
+
+PROGRESS_LINE = re.compile(r"^satseg: (reading |loading model |segmenting |writing to |\S.*: (\d+ window|window \d))")
+"""The stage lines the CLI prints on stderr while it works (not errors)."""
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Non-empty stderr lines that are not stage lines."""
+    return [line for line in stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
 
 
 def run_cli(*args: str, env: dict | None = None, stdin: str | None = None, timeout: int = 600):

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline_helpers import run_cli, tiny_model_env
+from pipeline_helpers import error_lines, run_cli, tiny_model_env
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ CASES = {
 
 def _assert_one_line_error(done, code: int) -> None:
     assert done.returncode == code, (done.returncode, done.stderr)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = error_lines(done.stderr)
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("satseg: error: ")
     assert "Traceback" not in done.stderr

@@ -44,3 +44,36 @@ def error_line(message: str) -> None:
     """Print ``satseg: error: MESSAGE`` as a single line on stderr."""
     one_line = " ".join(str(message).split())
     sys.stderr.write(f"satseg: error: {one_line}\n")
+
+
+def _stage_lines_wanted() -> bool:
+    return logging.getLogger("satseg").getEffectiveLevel() <= logging.WARNING  # not --quiet
+
+
+def stage(message: str) -> None:
+    """One line on stderr as a stage of the run starts (reading, loading the model, segmenting, writing), so a
+    log file or a job scheduler shows where a long run is; nothing with ``--quiet``."""
+    if _stage_lines_wanted():
+        sys.stderr.write(f"satseg: {message}\n")
+        sys.stderr.flush()
+
+
+def window_progress(label: str):
+    """A ``progress(done, total)`` callback for the sliding window: a counter updated in place on a terminal;
+    one line when the windows start (and none per window) when stderr is a file or a pipe."""
+    if not _stage_lines_wanted():
+        return None
+    tty = sys.stderr.isatty()
+    started = [False]
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            end = "\n" if done >= total else ""
+            sys.stderr.write(f"\rsatseg: {label}: window {done}/{total}{end}")
+            sys.stderr.flush()
+        elif not started[0]:
+            sys.stderr.write(f"satseg: {label}: {total} window(s) on the model grid\n")
+            sys.stderr.flush()
+        started[0] = True
+
+    return progress

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import typer
 
+from satseg.cli._console import stage, window_progress
+
 from satseg.cli.segment import (
     COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
-    STATISTICS, THREADS, WINDOW_BATCH,
+    STATISTICS, THREADS, WINDOW_BATCH, check_model_name,
 )
 
 HELP = ("Segment a cohort: satseg batch INPUTS... | DIR | LIST.txt | - -p PROMPT -o OUT_DIR. One folder per "
@@ -49,9 +52,14 @@ def batch(
 
     if jobs is not None and inputs:
         raise InputError("give either INPUTS or --jobs, not both")
+    check_model_name(model, device=device, precision=precision)
     cases = read_jobs(jobs) if jobs is not None else expand_inputs(list(inputs or []))
-    if not prompts and any(c.prompts is None for c in cases):
-        raise InputError("no prompt given: add -p/--prompt (or \"prompts\" for every job in --jobs)")
+    if not prompts:
+        for case in cases:
+            if not case.prompts:
+                where = case.origin or case.name
+                raise InputError(f"{where}: no prompts for this case: add -p/--prompt "
+                                 "(or a non-empty \"prompts\" list to every job in --jobs)")
     cases = select_shard(cases, parse_shard(shard))
     check_output_dir(out)
     prompt_options = PromptOptions(free_text=free_text)
@@ -94,39 +102,55 @@ class _CohortRunner:
         from satseg.errors import SatsegError
         from satseg.inference.options import ScanOptions
         from satseg.inference.prepare import prepare_case
-        from satseg.outputs.case import is_complete, run_report, write_segmentation
+        from satseg.outputs.case import case_request, is_complete, recover_folder, run_report, write_segmentation
 
         started = time.perf_counter()
-        if not self.overwrite and is_complete(case_dir, prompts, self.model):
-            self._line(counter, case.name, "skipped", "already done", started)
-            return
+        modality = case.modality or self.modality
+        orientation = case.orientation or self.orientation
+        request = case_request(prompts=prompts, model=self.model, options=self.options, input_path=case.path,
+                               modality=modality, orientation=orientation)
+        if not self.overwrite and case_dir.is_dir():
+            recover_folder(case_dir)  # finish a switch that a killed run left half done
+            if is_complete(case_dir, request):  # same request, every listed file there with its sha256
+                self._line(counter, case.name, "skipped", "already done", started)
+                return
+        warnings = _WarningCollector(case.name)
         try:
-            scan_options = ScanOptions(modality=case.modality or self.modality,
-                                       orientation=case.orientation or self.orientation)
-            prepared = prepare_case(case.path, prompts, scan_options, self.prompt_options)
-            if self.predictor is None:
-                from satseg.inference.predictor import Predictor
+            with warnings:
+                scan_options = ScanOptions(modality=modality, orientation=orientation)
+                prepared = prepare_case(case.path, prompts, scan_options, self.prompt_options)
+                for warning in prepared.warnings:
+                    log.warning("%s: %s", case.name, warning)
+                if self.predictor is None:
+                    from satseg.inference.predictor import Predictor
 
-                self.predictor = Predictor.from_pretrained(self.model, self.runtime)
-            result = self.predictor.segment_prepared(prepared, probabilities=self.options.probabilities)
-            report = run_report(result, self.predictor, extra={"case": case.name}) if self.options.report else None
-            write_segmentation(result, case_dir, self.options, report=report)
+                    stage(f"loading model {self.model}")
+                    self.predictor = Predictor.from_pretrained(self.model, self.runtime)
+                stage(f"{case.name}: segmenting {len(prompts)} prompt(s)")
+                result = self.predictor.segment_prepared(prepared, probabilities=self.options.probabilities,
+                                                         progress=window_progress(case.name))
+                report = run_report(result, self.predictor, extra={"case": case.name}) if self.options.report else None
+                write_segmentation(result, case_dir, self.options, report=report, request=request)
         except SatsegError as exc:
             if self.predictor is None and _is_model_error(exc):
                 raise  # no model, no cohort: stop at once with the model's error
             self.failed += 1
-            self._line(counter, case.name, "failed", " ".join(str(exc).split()), started)
+            self._line(counter, case.name, "failed", " ".join(str(exc).split()), started, warnings.messages)
             return
         except (OSError, RuntimeError, ValueError, MemoryError) as exc:
             self.failed += 1
-            self._line(counter, case.name, "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}", started)
+            self._line(counter, case.name, "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}", started,
+                       warnings.messages)
             return
         found = sum(int(m.any()) for m in result.masks.values())
-        self._line(counter, case.name, "done", f"{found}/{len(result.masks)} found", started)
+        self._line(counter, case.name, "done", f"{found}/{len(result.masks)} found", started, warnings.messages)
 
-    def _line(self, counter: str, name: str, status: str, detail: str, started: float) -> None:
+    def _line(self, counter: str, name: str, status: str, detail: str, started: float,
+              warnings: list[str] = ()) -> None:
         seconds = f"{time.perf_counter() - started:.1f} s"
-        self.rows.append((name, status, detail, seconds))
+        if warnings:
+            detail += f"; {len(warnings)} warning(s)"
+        self.rows.append((name, status, detail, seconds, "; ".join(warnings)))
         typer.echo(f"{counter} {name}: {status} ({detail}) {seconds}", err=status == "failed")
 
     def summary(self) -> None:
@@ -134,12 +158,36 @@ class _CohortRunner:
         from rich.table import Table
 
         counts = {s: sum(1 for r in self.rows if r[1] == s) for s in ("done", "skipped", "failed")}
-        table = Table(title=f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
-        for column in ("case", "status", "detail", "time"):
-            table.add_column(column)
+        warned = sum(1 for r in self.rows if r[4])
+        title = f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+        table = Table(title=title + (f", {warned} with warnings" if warned else ""))
+        for column in ("case", "status", "detail", "time", "warnings"):
+            table.add_column(column, overflow="fold")
         for row in self.rows:
             table.add_row(*row)
-        Console(stderr=True).print(table)
+        Console(stderr=True, width=None if sys.stderr.isatty() else 200).print(table)
+
+
+class _WarningCollector(logging.Handler):
+    """Collects the warnings satseg logs while one case runs (they are printed as they come, too), for the
+    case's line and the summary."""
+
+    def __init__(self, case: str):
+        super().__init__(logging.WARNING)
+        self.case = case
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        prefix = f"{self.case}: "
+        self.messages.append(message[len(prefix):] if message.startswith(prefix) else message)
+
+    def __enter__(self):
+        logging.getLogger("satseg").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("satseg").removeHandler(self)
 
 
 def _is_model_error(exc) -> bool:

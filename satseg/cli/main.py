@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
 import typer
 import typer.core
 
@@ -23,7 +22,7 @@ DEFAULT_COMMAND = "segment"
 class _DefaultCommandGroup(typer.core.TyperGroup):
     """A group that runs ``segment`` when the first argument is not a sub-command (``satseg scan.nii.gz``)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         first = next((a for a in args if not a.startswith("-")), None)
         wants_group_help = not args or args[0] in ("--help", "-h", "--version", "--install-completion",
                                                    "--show-completion")
@@ -80,31 +79,40 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    Typer runs in its standalone mode, so usage errors (an unknown option, a missing argument, a value out of
+    range) get Typer's own usage box and exit code 2 whatever click Typer uses (newer releases bundle their
+    own copy, whose exceptions are not ``click``'s). satseg's own errors become one line and their exit code.
+    """
     try:
-        result = app(args=argv, standalone_mode=False)
-        if isinstance(result, int):  # click returns the code of a typer.Exit in non-standalone mode
-            return result
+        app(args=argv, prog_name="satseg", standalone_mode=True)
+    except SystemExit as exc:  # how standalone mode ends: usage errors (2), typer.Exit(code), --help (0)
+        return _exit_code(exc.code)
     except SatsegError as exc:
         from satseg.cli._console import error_line
 
         error_line(str(exc))
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        error_line_plain("aborted")
-        return EXIT_RUNTIME
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
     except KeyboardInterrupt:
         error_line_plain("interrupted")
         return 130
+    except MemoryError:
+        error_line_plain("out of memory (try --precision bf16 or a machine with more RAM)")
+        return EXIT_RUNTIME
     except OSError as exc:  # disk full, permission denied, ... -> one line, no traceback
         error_line_plain(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         return EXIT_RUNTIME
     return 0
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    error_line_plain(str(code))  # sys.exit("message")
+    return EXIT_RUNTIME
 
 
 def error_line_plain(message: str) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
 import typer
+
+from satseg.cli._console import stage, window_progress
 
 HELP = ("Segment one scan: satseg SCAN -p PROMPT [-p PROMPT ...] -o OUT_DIR. SCAN is a NIfTI, NRRD or MHA "
         "file, a DICOM folder or a .zip of one.")
@@ -27,7 +30,8 @@ COMPILE = typer.Option(False, "--compile",
 PROMPT_CHUNK = typer.Option(32, "--prompt-chunk", min=1, help="Prompts decoded together.")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for torch.")
 FREE_TEXT = typer.Option(False, "--free-text", help="Send unresolvable prompts to the text encoder as they are.")
-PROBABILITIES = typer.Option(False, "--probabilities", help="Also write float probability maps (<name>_prob).")
+PROBABILITIES = typer.Option(False, "--probabilities",
+                             help="Also write float32 probability maps: probabilities/<name>.nii.gz.")
 MULTILABEL = typer.Option(False, "--ml", help="Also write one multilabel file segmentation.nii.gz + legend.")
 STATISTICS = typer.Option(False, "--statistics", help="Write statistics.json (volumes, intensities, boxes).")
 PREVIEW = typer.Option(False, "--preview", help="Write preview.png (axial, coronal, sagittal overlays).")
@@ -60,11 +64,14 @@ def segment(
     from satseg.outputs.case import OutputOptions, check_output_dir, run_report, write_segmentation
 
     started = time.perf_counter()
+    # Everything the user can get wrong is checked before the scan is read, a model is loaded or the network is
+    # touched: options first, then the output folder, then the scan and the prompts.
+    check_model_name(model, device=device, precision=precision)
+    check_output_dir(out)
     scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
     prompt_options = PromptOptions(free_text=free_text)
-    # Everything the user can get wrong is checked before a model is loaded or the network is touched.
+    stage(f"reading {scan}")
     case = prepare_case(scan, prompts or [], scan_options, prompt_options)
-    check_output_dir(out)
     for warning in case.warnings:
         log.warning(warning)
 
@@ -73,14 +80,32 @@ def segment(
     runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
                              prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
     load_start = time.perf_counter()
+    stage(f"loading model {model}")
     predictor = Predictor.from_pretrained(model, runtime)
     load_s = time.perf_counter() - load_start
-    result = predictor.segment_prepared(case, probabilities=probabilities)
+    stage(f"segmenting {len(case.prompts)} prompt(s) on {predictor.device}")
+    result = predictor.segment_prepared(case, probabilities=probabilities, progress=window_progress(case.volume.name))
     result.timings = {"read": case.read_s, "load_model": load_s, **result.timings}
     options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
                             report=str(report) if report else None)
     report_data = run_report(result, predictor) if report else None
+    stage(f"writing to {out}")
     written = write_segmentation(result, out, options, report=report_data)
     found = sum(int(m.any()) for m in result.masks.values())
     typer.echo(f"{case.volume.name}: {len(result.masks)} structure(s), {found} found, {len(written)} file(s) in {out} "
                f"({time.perf_counter() - started:.1f} s)")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_model_name(model: str, *, device: str = "auto", precision: str = "auto") -> None:
+    """Refuse an unknown model name, device or precision before any scan is read (usage errors, exit 2)."""
+    from satseg.errors import InputError
+    from satseg.weights import get_model
+
+    if not _DEVICE.match((device or "auto").lower()):
+        raise InputError(f"unknown device {device!r}; use auto, cuda, cuda:N, mps or cpu")
+    if (precision or "auto").lower() not in ("auto", "fp32", "bf16", "fp16"):
+        raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    get_model(model)  # UnknownModelError (a usage error) lists the known names

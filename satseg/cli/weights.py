@@ -105,21 +105,37 @@ def path(name: str = typer.Argument(..., help="Model name."),
 
 @app.command("verify")
 def verify(name: str = typer.Argument(None, help="Model name; all models when left out.")) -> None:
-    """Hash the local files again and compare them with the recorded sha256 (exit 1 on a mismatch)."""
+    """Hash the local files again and compare them with the recorded sha256 (exit 1 when a file does not match or
+    is missing; without a name, hub models that were never downloaded are listed, not counted as missing)."""
     from rich.table import Table
 
     from satseg import weights
 
     checks = weights.verify(name, rehash=True)
+    never_downloaded = set()
+    if name is None:  # a hub model with none of its files in the cache is simply not downloaded
+        for model in {c.model for c in checks}:
+            own = [c for c in checks if c.model == model]
+            if all(c.status == "missing" for c in own) and weights.get_model(model).repo is not None:
+                never_downloaded.add(model)
     table = Table("model", "file", "status", "sha256")
     for check in checks:
         label = {"unverified": "no recorded hash"}.get(check.status, check.status)
+        if check.model in never_downloaded:
+            label = "not downloaded"
         table.add_row(check.model, check.role, label, check.sha256 or "-")
     _stdout().print(table)
     bad = [c for c in checks if c.status == "mismatch"]
+    missing = [c for c in checks if c.status == "missing" and c.model not in never_downloaded]
+    problems = []
     if bad:
-        raise WeightsError(f"{len(bad)} file(s) do not match their recorded sha256: "
-                           + ", ".join(f"{c.model} {c.role} ({c.path})" for c in bad))
+        problems.append(f"{len(bad)} file(s) do not match their recorded sha256: "
+                        + ", ".join(f"{c.model} {c.role} ({c.path})" for c in bad))
+    if missing:
+        problems.append(f"{len(missing)} file(s) missing: "
+                        + ", ".join(f"{c.model} {c.role} ({c.path or 'not in the cache'})" for c in missing))
+    if problems:
+        raise WeightsError("; ".join(problems))
 
 
 @app.command("hash")

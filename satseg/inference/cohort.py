@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from satseg.errors import InputError
+from satseg.outputs.names import safe_folder_name
 
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
@@ -31,6 +32,8 @@ class Case:
     modality: str | None = None
     orientation: str | None = None
     extra: dict = field(default_factory=dict)
+    origin: str | None = None
+    """Where the case was named: ``jobs.jsonl:3`` (file and line), for messages."""
 
 
 def is_scan_path(path: Path) -> bool:
@@ -38,11 +41,14 @@ def is_scan_path(path: Path) -> bool:
 
 
 def case_name(path: Path) -> str:
+    """The case folder name for a scan: its file name without the scan suffix, made a safe folder name
+    (a scan called ``...nii.gz`` gives ``__``, never ``..``)."""
     name = path.name
     for suffix in SCAN_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+            name = name[: -len(suffix)]
+            break
+    return safe_folder_name(name)
 
 
 def _from_folder(folder: Path) -> list[Path]:
@@ -55,13 +61,34 @@ def _from_folder(folder: Path) -> list[Path]:
     return [folder]  # the folder itself is a DICOM series
 
 
-def _lines(text: str, origin: str) -> list[Path]:
+def _decoded_lines(data: bytes | str, origin: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of a list or jobs file; a line that is not UTF-8 is refused with its number."""
+    if isinstance(data, str):
+        return list(enumerate(data.splitlines(), start=1))
+    lines = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            lines.append((number, raw.decode("utf-8-sig" if number == 1 else "utf-8")))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{origin}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                             f"{exc.start + 1}); save the file as UTF-8") from None
+    return lines
+
+
+def _lines(data: bytes | str, origin: str) -> list[Path]:
     paths = []
-    for line in text.splitlines():
+    for _number, line in _decoded_lines(data, origin):
         line = line.strip()
         if line and not line.startswith("#"):
             paths.append(Path(line.split(",")[0].strip()) if origin.endswith(".csv") else Path(line))
     return paths
+
+
+def _read_list_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read list file {path}: {exc.strerror or exc}") from None
 
 
 def expand_inputs(inputs: list[str], stdin=None) -> list[Case]:
@@ -71,43 +98,55 @@ def expand_inputs(inputs: list[str], stdin=None) -> list[Case]:
     paths: list[Path] = []
     for item in inputs:
         if item == "-":
-            paths += _lines((stdin or sys.stdin).read(), "stdin")
+            stream = stdin or sys.stdin
+            paths += _lines(getattr(stream, "buffer", stream).read(), "standard input")
             continue
         path = Path(item)
         if path.is_dir():
             paths += _from_folder(path)
         elif path.is_file() and path.name.lower().endswith(LIST_SUFFIXES):
             base = path.parent
-            paths += [p if p.is_absolute() else base / p for p in _lines(path.read_text(), path.name)]
+            paths += [p if p.is_absolute() else base / p for p in _lines(_read_list_file(path), str(path))]
         else:
             paths.append(path)  # a scan (missing files fail as that case, not the whole cohort)
     return _unique([Case(path=p, name=case_name(p)) for p in paths])
 
 
 def read_jobs(path: Path) -> list[Case]:
-    """Cases from a jobs.jsonl file (one JSON object a line)."""
+    """Cases from a jobs.jsonl file (one JSON object a line).
+
+    A ``"case"`` name must be a plain folder name (no ``/``, no leading ``.``): it names a folder inside the
+    output folder, and a name that would land elsewhere is refused with its line number.
+    """
     cases = []
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read jobs file {path}: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, start=1):
+    for number, line in _decoded_lines(data, str(path)):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             job = json.loads(line)
             image = Path(job["image"])
         except (ValueError, KeyError, TypeError):
-            raise InputError(f"{path}:{number}: expected a JSON object with an \"image\" path") from None
+            raise InputError(f"{where}: expected a JSON object with an \"image\" path") from None
         if not image.is_absolute():
             image = Path(path).parent / image
         prompts = job.get("prompts", job.get("label"))
         if isinstance(prompts, str):
             prompts = [prompts]
         if prompts is not None and not (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)):
-            raise InputError(f"{path}:{number}: \"prompts\" must be a list of strings")
-        cases.append(Case(path=image, name=str(job.get("case") or case_name(image)), prompts=prompts,
-                          modality=job.get("modality"), orientation=job.get("orientation_code")))
+            raise InputError(f"{where}: \"prompts\" must be a list of strings")
+        name = job.get("case")
+        if name is not None and name != "":
+            if not isinstance(name, (str, int)) or safe_folder_name(str(name)) != str(name):
+                raise InputError(f"{where}: \"case\" must be a plain folder name (no '/', '\\', leading '.' or "
+                                 f"control characters), got {name!r}")
+            name = str(name)
+        cases.append(Case(path=image, name=name or case_name(image), prompts=prompts,
+                          modality=job.get("modality"), orientation=job.get("orientation_code"), origin=where))
     if not cases:
         raise InputError(f"jobs file {path} holds no jobs")
     return _unique(cases)
@@ -122,7 +161,7 @@ def _unique(cases: list[Case]) -> list[Case]:
     for case in cases:
         if counts[case.name] > 1:
             parent = case.path.parent.name or "case"
-            case.name = f"{parent}_{case.name}"
+            case.name = safe_folder_name(f"{parent}_{case.name}")
         base, k = case.name, 2
         while case.name in seen:
             case.name = f"{base}_{k}"

@@ -1,25 +1,51 @@
-"""Write everything for one scan into a folder, all or nothing.
+"""Write everything for one scan into a folder, so that every later run sees the old result or the new one.
 
-Files are first written into a hidden staging folder inside the output folder, then moved into place
-one rename each; a completion marker (``.satseg-complete.json``) is written last. A crash, a full disk
-or a kill leaves earlier results untouched and at most a hidden ``.satseg-staging-*`` folder, which the
-next run removes.
+How a folder switches from an earlier result to a new one:
+
+1. **Stage.** Every file is written (and fsynced) into a staging folder inside the output folder, created in one
+   ``mkdir`` under a name that carries its owner: ``.satseg-staging-<pid>-<start>-<random>-<host>``. No two runs
+   ever share one, and a run removes another's staging folder only when that owner is gone (same host: the pid is
+   not running, or runs a process started at another time; other hosts: untouched for a day).
+2. **Journal.** Under an exclusive lock on the folder, ``.satseg-commit.json`` is written atomically: the staging
+   folder, each file it installs with its size and sha256, the earlier outputs it retires and the completion record
+   to write. From this point the switch is decided.
+3. **Switch.** The earlier completion marker is removed, the earlier outputs that the new result does not rewrite
+   are removed when they came from another scan or model, the staged files are renamed into place, the new marker
+   (``.satseg-complete.json``) is written and the journal removed.
+
+A run killed before the journal leaves the earlier result untouched (and a staging folder that the next run
+removes). A run killed after it leaves a journal: every later satseg run into the folder first finishes the switch
+from the staged files (:func:`recover`), and :func:`is_complete` never trusts a folder with a journal in it. A
+folder counts as finished only when its marker records the same request (prompts, model, outputs, input file) and
+every file it lists is there with its recorded size and sha256.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
-from dataclasses import dataclass
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from satseg.errors import InputError
+from satseg.errors import InputError, SatsegError
+from satseg.io.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".satseg-complete.json"
+JOURNAL = ".satseg-commit.json"
 STAGING_PREFIX = ".satseg-staging-"
+MARKER_FORMAT = 2
+FOREIGN_STAGING_STALE_S = 24 * 3600
+"""A staging folder of another host counts as abandoned when nothing in it changed for this long."""
 
 
 @dataclass(frozen=True)
@@ -43,34 +69,108 @@ class OutputOptions:
     masks: bool = True
 
 
+# -- the output folder -------------------------------------------------------------------------------
+
+
 def check_output_dir(out_dir: Path) -> Path:
-    """Create ``out_dir`` if needed and prove it is writable (before any model is loaded)."""
+    """Prove that ``out_dir`` can be written (before any model is loaded), without creating anything.
+
+    An existing folder gets a probe file (created and removed at once); a folder that does not exist yet must
+    have a writable nearest existing parent. The folder itself is made only when there is a result to write.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output path {out_dir} exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".satseg-write-test-", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc})") from None
+    if out_dir.is_dir():
+        try:
+            probe = out_dir / f".satseg-write-test-{os.getpid()}-{secrets.token_hex(4)}"
+            probe.touch(exist_ok=False)
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"output folder {out_dir} is not writable ({exc.strerror or exc})") from None
+        return out_dir
+    parent = out_dir.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot create output folder {out_dir}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create output folder {out_dir}: {parent} is not writable")
     return out_dir
 
 
-def clean_stale_staging(out_dir: Path) -> None:
-    """Remove staging folders left behind by killed runs."""
-    if not out_dir.is_dir():
+def _make_output_dir(out_dir: Path) -> Path:
+    out_dir = check_output_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {out_dir} ({exc.strerror or exc})") from None
+    return out_dir
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (flock on the folder itself; no lock file is left behind)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks; switches are still journalled
+        yield
         return
-    for entry in out_dir.iterdir():
-        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
-            pid = entry.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-                continue  # another process is writing right now
-            shutil.rmtree(entry, ignore_errors=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _alive(pid: int) -> bool:
+# -- staging folders and their owners ------------------------------------------------------------------
+
+
+def _process_start(pid: int) -> int:
+    """The start time of process ``pid`` in clock ticks since boot (0 where /proc is not available)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fobj:
+            fields = fobj.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _host() -> str:
+    name = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())
+    return name[:64] or "host"
+
+
+def _new_staging(out_dir: Path) -> Path:
+    """Claim a staging folder in one atomic mkdir, its owner (pid, start time, host) in its name."""
+    pid = os.getpid()
+    while True:
+        staging = out_dir / f"{STAGING_PREFIX}{pid}-{_process_start(pid)}-{secrets.token_hex(4)}-{_host()}"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+
+
+def _owner_gone(entry: Path) -> bool:
+    """Whether the run that made staging folder ``entry`` can no longer be writing to it."""
+    try:
+        pid_text, start_text, _token, host = entry.name[len(STAGING_PREFIX):].split("-", 3)
+        pid, start = int(pid_text), int(start_text)
+    except ValueError:
+        return _untouched_for(entry, FOREIGN_STAGING_STALE_S)  # not a name this version makes
+    if host != _host():
+        return _untouched_for(entry, FOREIGN_STAGING_STALE_S)
+    if pid == os.getpid():
+        return start != _process_start(pid)  # this process's own folders are its own business
+    if not _pid_running(pid):
+        return True
+    return bool(start) and _process_start(pid) not in (0, start)  # the pid was reused by a newer process
+
+
+def _pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,76 +180,256 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def is_complete(out_dir: Path, prompts: list[str] | None = None, model: str | None = None) -> bool:
-    """True when ``out_dir`` holds a finished result (for the same prompts and model, when given)."""
-    marker = Path(out_dir) / COMPLETE_MARKER
+def _untouched_for(entry: Path, seconds: float) -> bool:
     try:
-        done = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        newest = max([entry.stat().st_mtime] + [p.stat().st_mtime for p in entry.rglob("*")])
+    except OSError:
         return False
-    if prompts is not None and done.get("prompts") != list(prompts):
-        return False
-    return model is None or done.get("model") == model
+    return time.time() - newest > seconds
 
 
-def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: dict | None = None) -> list[Path]:
-    """Write a :class:`~satseg.inference.predictor.Segmentation` into ``out_dir``; return the final paths."""
+def clean_stale_staging(out_dir: Path) -> None:
+    """Remove staging folders whose owners are gone (never one that a journal still needs: call
+    :func:`recover` first)."""
+    if not Path(out_dir).is_dir():
+        return
+    for entry in Path(out_dir).iterdir():
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and _owner_gone(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# -- what a finished folder records ----------------------------------------------------------------------
+
+
+def input_fingerprint(path: str | os.PathLike | None) -> dict | None:
+    """What identifies the scan a result was made from: its resolved path and, for a file, size and mtime;
+    for a folder (a DICOM series), the number, total size and newest mtime of its files."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        resolved = path.resolve()
+        if resolved.is_dir():
+            sizes, newest, count = 0, 0, 0
+            for root, _dirs, files in os.walk(resolved):
+                for name in files:
+                    stat = os.stat(os.path.join(root, name))
+                    sizes, newest, count = sizes + stat.st_size, max(newest, stat.st_mtime_ns), count + 1
+            return {"path": str(resolved), "files": count, "size": sizes, "mtime_ns": newest}
+        stat = resolved.stat()
+    except OSError:
+        return {"path": str(path)}
+    return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def case_request(*, prompts: list[str], model: str, options: OutputOptions, input_path=None,
+                 modality: str | None = None, orientation: str | None = None) -> dict:
+    """Everything a finished folder must have been made with to be skipped as done (JSON-ready)."""
+    outputs = asdict(options)
+    outputs["report"] = bool(options.report)
+    return {"prompts": list(prompts), "model": model, "outputs": outputs, "input": input_fingerprint(input_path),
+            "modality": modality, "orientation": orientation}
+
+
+def _file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fobj:
+        for chunk in iter(lambda: fobj.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _matches(path: Path, record: dict) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == record["size"] and _file_record(path) == record
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def is_complete(out_dir: Path, request: dict | None = None) -> bool:
+    """True when ``out_dir`` holds a finished result, made for ``request`` (when given), whose every listed
+    file is present with the size and sha256 the marker recorded."""
+    out_dir = Path(out_dir)
+    if (out_dir / JOURNAL).exists():
+        return False  # a switch was interrupted: recover() finishes it
+    marker = _read_json(out_dir / COMPLETE_MARKER)
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return False
+    if request is not None and marker.get("request") != request:
+        return False
+    outputs = marker.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return False
+    return all(_inside(out_dir, rel) and _matches(out_dir / rel, rec) for rel, rec in outputs.items())
+
+
+def _inside(out_dir: Path, rel: str) -> bool:
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+# -- the switch -------------------------------------------------------------------------------------------
+
+
+def recover(out_dir: Path) -> bool:
+    """Finish a switch that a killed run left half done (see the module doc); True if there was one.
+
+    Call with the folder's lock held, or through :func:`write_segmentation` / :func:`recover_folder`.
+    """
+    out_dir = Path(out_dir)
+    journal = _read_json(out_dir / JOURNAL)
+    if journal is None:
+        return False
+    staging_name = journal.get("staging") if isinstance(journal, dict) else None
+    if not isinstance(staging_name, str) or not staging_name.startswith(STAGING_PREFIX) or "/" in staging_name:
+        log.warning("%s: unreadable switch record; the folder's result is not trusted and will be redone", out_dir)
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / COMPLETE_MARKER).unlink()
+        (out_dir / JOURNAL).unlink()
+        return True
+    _apply(out_dir, out_dir / staging_name, journal)
+    return True
+
+
+def recover_folder(out_dir: Path) -> bool:
+    """:func:`recover` under the folder's lock (for callers that only read the folder, such as ``batch``'s skip
+    check); nothing happens to a folder that does not exist."""
+    out_dir = Path(out_dir)
+    if not (out_dir / JOURNAL).exists():
+        return False
+    with _folder_lock(out_dir):
+        return recover(out_dir)
+
+
+def _apply(out_dir: Path, staging: Path, journal: dict) -> None:
+    """Carry out a journal: retire, install, mark complete (each step can be repeated after a kill)."""
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / COMPLETE_MARKER).unlink()
+    for rel in journal.get("retire", []):
+        if _inside(out_dir, rel):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                (out_dir / rel).unlink()
+    installed = True
+    for rel, record in journal["files"].items():
+        if not _inside(out_dir, rel):
+            installed = False
+            continue
+        source, target = staging / rel, out_dir / rel
+        if source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        elif not _matches(target, record):  # neither staged nor in place: this switch cannot be finished
+            installed = False
+    report = journal.get("report")
+    if report and (staging / report["staged"]).exists():
+        target = Path(report["target"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging / report["staged"]), str(target))
+    if installed:
+        write_text_atomic(out_dir / COMPLETE_MARKER, json.dumps(journal["marker"], indent=1))
+    else:
+        log.warning("%s: an interrupted write could not be finished; the case is not marked done", out_dir)
+    (out_dir / JOURNAL).unlink()
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _retired(out_dir: Path, request: dict, new_outputs: dict) -> list[str]:
+    """Earlier outputs to remove: those of a result made from another scan or model that the new one does not
+    rewrite (outputs of the same scan and model, for other prompts, stay)."""
+    marker = _read_json(out_dir / COMPLETE_MARKER)
+    if not isinstance(marker, dict) or not isinstance(marker.get("outputs"), (dict, list)):
+        return []
+    old_request = marker.get("request") or {}
+    same_source = old_request.get("input") == request.get("input") and old_request.get("model") == request.get("model")
+    if same_source:
+        return []
+    return [rel for rel in marker["outputs"] if rel not in new_outputs and _inside(out_dir, rel)]
+
+
+def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: dict | None = None,
+                       request: dict | None = None) -> list[Path]:
+    """Write a :class:`~satseg.inference.predictor.Segmentation` into ``out_dir``; return the final paths.
+
+    ``request`` is what the folder's completion marker records (default: :func:`case_request` of ``seg``).
+    A failure (full disk, kill) before the switch leaves the folder as it was; see the module doc.
+    """
     from satseg.outputs.masks import write_masks, write_probability
     from satseg.outputs.multilabel import legend_sidecar_path, write_multilabel
     from satseg.outputs.preview import write_preview
     from satseg.outputs.report import write_report
     from satseg.outputs.statistics import compute_statistics, write_statistics
 
-    out_dir = check_output_dir(out_dir)
-    clean_stale_staging(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{seg.volume.name}-", dir=out_dir))
-    staging = staging.rename(staging.with_name(f"{staging.name}-{os.getpid()}"))
+    if request is None:
+        request = case_request(prompts=seg.prompts, model=seg.model, options=options, input_path=seg.volume.source)
+    out_dir = _make_output_dir(out_dir)
+    with _folder_lock(out_dir):
+        recover(out_dir)
+        clean_stale_staging(out_dir)
+    staging = _new_staging(out_dir)
     try:
-        written: list[str] = []
-        if options.masks:
-            written += [path.name for path in write_masks(seg.masks, seg.volume, staging)]
-        if options.probabilities and seg.probabilities:
-            (staging / "probabilities").mkdir()
-            (out_dir / "probabilities").mkdir(exist_ok=True)
-            for name, prob in seg.probabilities.items():
-                write_probability(prob, seg.volume, staging / "probabilities" / f"{name}.nii.gz")
-                written.append(f"probabilities/{name}.nii.gz")
-        if options.multilabel:
-            ml = staging / "segmentation.nii.gz"
-            write_multilabel(seg.masks, seg.volume, ml, probabilities=seg.probabilities,
-                             prompts=dict(zip(seg.names, seg.prompts)),
-                             terms={n: r["terms"] for n, r in zip(seg.names, seg.resolutions)})
-            written += [ml.name, legend_sidecar_path(ml).name]
-        if options.statistics:
-            write_statistics(compute_statistics(seg.masks, seg.volume), staging / "statistics.json", seg.volume)
-            written.append("statistics.json")
-        if options.preview:
-            write_preview(seg.volume, seg.masks, staging / "preview.png", modality=seg.modality)
-            written.append("preview.png")
-        report_target = None
-        if options.report:
-            report_target = Path(options.report)
-            if not report_target.is_absolute():
-                report_target = out_dir / report_target
-            if report is not None:
-                report = dict(report, outputs=[str(out_dir / w) for w in written])
-                write_report(staging / "report.json", report)
-        # Commit: move each staged file into place (each rename is atomic), marker last.
-        final = []
-        for name in written:
-            os.replace(staging / name, out_dir / name)
-            final.append(out_dir / name)
-        if report_target is not None and report is not None:
-            report_target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(staging / "report.json"), str(report_target))
-            final.append(report_target)
-        marker = {"prompts": list(seg.prompts), "model": seg.model, "outputs": written}
-        (staging / COMPLETE_MARKER).write_text(json.dumps(marker))
-        os.replace(staging / COMPLETE_MARKER, out_dir / COMPLETE_MARKER)
+        try:
+            written: list[str] = []
+            if options.masks:
+                written += [path.name for path in write_masks(seg.masks, seg.volume, staging)]
+            if options.probabilities and seg.probabilities:
+                (staging / "probabilities").mkdir()
+                for name, prob in seg.probabilities.items():
+                    write_probability(prob, seg.volume, staging / "probabilities" / f"{name}.nii.gz")
+                    written.append(f"probabilities/{name}.nii.gz")
+            if options.multilabel:
+                ml = staging / "segmentation.nii.gz"
+                write_multilabel(seg.masks, seg.volume, ml, probabilities=seg.probabilities,
+                                 prompts=dict(zip(seg.names, seg.prompts)),
+                                 terms={n: r["terms"] for n, r in zip(seg.names, seg.resolutions)})
+                written += [ml.name, legend_sidecar_path(ml).name]
+            if options.statistics:
+                write_statistics(compute_statistics(seg.masks, seg.volume), staging / "statistics.json", seg.volume)
+                written.append("statistics.json")
+            if options.preview:
+                write_preview(seg.volume, seg.masks, staging / "preview.png", modality=seg.modality)
+                written.append("preview.png")
+            report_entry = None
+            if options.report and report is not None:
+                target = Path(options.report)
+                target = target if target.is_absolute() else out_dir / target
+                content = dict(report, outputs=[str(out_dir / w) for w in written])
+                if target.parent.resolve() == out_dir.resolve() and not target.name.startswith(".satseg-"):
+                    write_report(staging / target.name, content)  # part of the result, verified with it
+                    written.append(target.name)
+                else:  # the user's own path elsewhere: moved there with the switch
+                    write_report(staging / ".report.json", content)
+                    report_entry = {"staged": ".report.json", "target": str(target.absolute())}
+            files = {rel: _file_record(staging / rel) for rel in written}
+        except OSError as exc:
+            raise _write_error(exc, out_dir) from exc
+        marker = {"format": MARKER_FORMAT, "request": request, "outputs": files, "written_at": time.time()}
+        with _folder_lock(out_dir):
+            recover(out_dir)  # another run may have been killed mid-switch meanwhile
+            journal = {"staging": staging.name, "files": files, "retire": _retired(out_dir, request, files),
+                       "report": report_entry, "marker": marker}
+            write_text_atomic(out_dir / JOURNAL, json.dumps(journal, indent=1))
+            _apply(out_dir, staging, journal)
+        final = [out_dir / rel for rel in written]
+        if report_entry is not None:
+            final.append(Path(report_entry["target"]))
         return final
     finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_error(exc: OSError, out_dir: Path) -> SatsegError:
+    """A write failure as one line that names where (stream writers raise ENOSPC without a file name)."""
+    where = exc.filename or out_dir
+    return SatsegError(f"cannot write the results in {out_dir}: {exc.strerror or exc} ({where})")
 
 
 def run_report(seg, predictor, *, extra: dict | None = None) -> dict:

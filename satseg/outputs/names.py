@@ -15,6 +15,8 @@ MAX_NAME_LENGTH = 100
 """Longest stem; leaves room for ``_<n>`` and ``.nii.gz`` within every filesystem's 255-byte limit."""
 
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
+MAX_FOLDER_NAME_BYTES = 200
+"""Longest case folder name in UTF-8 bytes (room for suffixes within the 255-byte limit)."""
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z][a-z])|(?<=[a-z])(?=[A-Z])")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -65,3 +67,25 @@ def output_names(prompts: list[str], reserved: Iterable[str] = ()) -> list[str]:
         names[i] = f"{base}_{n}"
         taken.add(names[i])
     return names  # type: ignore[return-value]
+
+
+def safe_folder_name(name: str) -> str:
+    """``name`` made into one harmless path component, for case folders named after scans or jobs.
+
+    Path separators and control characters become ``_``, leading dots become ``_`` (so ``..``, ``.`` and hidden
+    names cannot be made), trailing dots and spaces go (Windows drops them), an empty result is ``case``, Windows
+    device names get a ``_`` and the name is cut to :data:`MAX_FOLDER_NAME_BYTES` bytes of UTF-8. Anything else
+    (letters of any script, digits, spaces, punctuation) is kept, so ordinary names are unchanged.
+    """
+    text = unicodedata.normalize("NFC", str(name))
+    text = "".join("_" if c in "/\\" or unicodedata.category(c).startswith("C") else c for c in text).strip()
+    stripped = text.lstrip(".")
+    text = "_" * (len(text) - len(stripped)) + stripped
+    text = text.rstrip(". ")
+    encoded = text.encode("utf-8")[:MAX_FOLDER_NAME_BYTES]
+    text = encoded.decode("utf-8", "ignore").rstrip(". ")
+    if not text:
+        return "case"
+    if text.split(".")[0].lower() in _WINDOWS_RESERVED:
+        text = "_" + text
+    return text
