@@ -245,16 +245,12 @@ def _frames_of(file: Path, header, name: str, where: str) -> list[_Slice]:
     slices = []
     for index in range(n_frames):
         frame_label = f"{where}: {name} frame {index + 1}"
-
-        def group(sequence: str):
-            """The item of ``sequence`` that applies to this frame: per-frame first, then shared."""
-            for groups in (per_frame[index] if per_frame else None, shared):
-                if groups is not None and sequence in groups:
-                    return _first_item(groups, sequence, frame_label)
-            return None
-
-        position, orientation = group("PlanePositionSequence"), group("PlaneOrientationSequence")
-        measures, values = group("PixelMeasuresSequence"), group("PixelValueTransformationSequence")
+        own = per_frame[index] if per_frame else None
+        position, orientation, measures, values = (
+            _functional_group(sequence, own, shared, frame_label)
+            for sequence in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
+                             "PixelValueTransformationSequence")
+        )
         if position is None or orientation is None:
             missing = "PlanePositionSequence" if position is None else "PlaneOrientationSequence"
             raise InputError(f"{frame_label}: {NO_GEOMETRY} ({missing} missing)")
@@ -266,6 +262,14 @@ def _frames_of(file: Path, header, name: str, where: str) -> list[_Slice]:
                              spacing=_spacing(measures, frame_label),
                              rescale=_rescale(header if values is None else values, frame_label)))
     return slices
+
+
+def _functional_group(sequence: str, per_frame, shared, label: str):
+    """The item of functional group ``sequence`` that applies to a frame: its per-frame one, else the shared one."""
+    for groups in (per_frame, shared):
+        if groups is not None and sequence in groups:
+            return _first_item(groups, sequence, label)
+    return None
 
 
 def _geometry(item, keyword: str, count: int, label: str) -> np.ndarray:
