@@ -17,9 +17,25 @@ Hub files are fetched with ``huggingface_hub.hf_hub_download`` into the HF cache
 ``HF_HOME``), from ``HF_ENDPOINT`` when set, never when ``HF_HUB_OFFLINE`` is set. These variables are read
 on each call (huggingface_hub reads them once at import). Before first use a file is checked against its
 recorded size and sha256; a mismatch deletes the file from the HF cache and raises (fail closed). Computed
-hashes are remembered in ``$SATSEG_HOME/sha256-cache.json`` keyed by path, size and mtime, so a 6 GB file
-is hashed once, not on every run. A file without a recorded hash is used with the warning
-"unverified: no recorded hash".
+hashes are remembered in ``$SATSEG_HOME/sha256-cache.json`` (see below), so a 6 GB file is hashed once, not
+on every run. A file without a recorded hash is used with the warning "unverified: no recorded hash".
+
+What the sha256 cache trusts. A remembered hash is used only while the file's path, device, inode, size,
+mtime *and* ctime (``st_ctime_ns``, the inode's change time) are unchanged. A user process cannot set ctime:
+every write, truncation, ``os.utime`` or chmod moves it to the current time. So the cache notices
+
+* accidental or tool-made changes in place, even of the same size (an editor, a script, a partial
+  re-download into the same file);
+* such a change with its mtime restored afterwards (``touch -r``, ``cp -p``, ``os.utime``, ``rsync -t``);
+* another file copied or moved over the path (the same inode with a new ctime, or a new inode).
+
+It does not protect against someone who can set the system clock while writing (root), edit the disk below
+the file system, or edit ``sha256-cache.json`` itself (whoever can write the weights as the user can usually
+write it too); nor against a second change within the same clock tick (a few ms on file systems with coarse
+timestamps) as the previous change and the hashing. On Windows ``st_ctime`` is the creation time, so an
+in-place write with its mtime restored goes unnoticed there. ``satseg weights verify`` (:func:`verify`)
+hashes every file again without the cache. There is no per-use spot check of sampled blocks: what it could
+catch beyond ctime is an edit by someone able to avoid the sampled blocks.
 """
 
 from __future__ import annotations
@@ -310,13 +326,38 @@ def _store_hash_cache(cache: dict[str, dict]) -> None:
         logger.debug("cannot write the sha256 cache: %s", exc)
 
 
+def _file_identity(stat: os.stat_result) -> dict[str, int]:
+    """What the sha256 cache compares to decide a file is unchanged (see the module docstring).
+
+    ctime is the field that a rewrite cannot keep; the inode and device catch a different file put in the
+    path's place; size and mtime are kept as a first, obvious check.
+    """
+    return {"device": stat.st_dev, "inode": stat.st_ino, "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """The identity the sha256 cache trusts, as one string: a key for caches derived from the file.
+
+    Any rewrite of the file (in place, restored mtime, or another file copied or moved over it) gives a
+    new string; so may a harmless chmod or hard link (both move ctime).
+    """
+    identity = _file_identity(Path(path).resolve().stat())
+    return ":".join(f"{key}={value}" for key, value in identity.items())
+
+
 def cached_sha256(path: Path) -> str | None:
-    """The remembered sha256 of ``path`` if the file's size and mtime are unchanged since it was hashed."""
+    """The remembered sha256 of ``path`` if the file's identity (:func:`file_identity`) is unchanged since
+    it was hashed; None otherwise (also for records written by satseg versions that kept only size and mtime)."""
     real = Path(path).resolve()
     record = _load_hash_cache().get(str(real))
-    stat = real.stat()
-    if record and record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
-        return record.get("sha256")
+    if not isinstance(record, dict):
+        return None
+    identity = _file_identity(real.stat())
+    digest = record.get("sha256")
+    if all(record.get(key) == value for key, value in identity.items()) and isinstance(digest, str) \
+            and _SHA256_RE.match(digest):
+        return digest
     return None
 
 
@@ -325,11 +366,15 @@ def file_sha256(path: Path, *, rehash: bool = False) -> str:
     real = Path(path).resolve()
     if not rehash and (known := cached_sha256(real)) is not None:
         return known
-    stat = real.stat()
-    logger.info("computing sha256 of %s (%.1f MB)", real, stat.st_size / 1e6)
+    before = real.stat()
+    logger.info("computing sha256 of %s (%.1f MB)", real, before.st_size / 1e6)
     digest = sha256_file(real)
+    identity = _file_identity(before)
+    if _file_identity(real.stat()) != identity:  # written to while it was read: the digest may be of neither
+        logger.debug("%s changed while it was hashed; its sha256 is not remembered", real)
+        return digest
     cache = _load_hash_cache()
-    cache[str(real)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    cache[str(real)] = {**identity, "sha256": digest}
     _store_hash_cache(cache)
     return digest
 

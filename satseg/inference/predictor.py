@@ -167,8 +167,9 @@ class Predictor:
             load_segmentation_checkpoint(model, files.checkpoint, assign=True)
             load_text_checkpoint(text, files.text_checkpoint, assign=True)
         tokenizer = SATTokenizer(files.tokenizer, max_tokens=model.config.text.max_tokens)
-        # Cached text embeddings belong to these exact files: a replaced file is a new key.
-        identity = ":".join([files.name] + [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        # Cached text embeddings belong to these exact files: their sha256 when it is known (checked just
+        # above), else the identity the sha256 cache trusts (inode, ctime, ...): a rewritten file is a new key.
+        identity = ":".join([files.name] + [weights.cached_sha256(p) or weights.file_identity(p)
                                            for p in (files.checkpoint, files.text_checkpoint)])
         return cls(model, text, tokenizer, name=name, runtime=runtime,
                    embedding_cache=weights.satseg_home() / "cache" / "text-embeddings", cache_key=identity)
@@ -176,44 +177,103 @@ class Predictor:
     # -- text ----------------------------------------------------------------------------------------
 
     def embed(self, terms: list[str], modality: str) -> torch.Tensor:
-        """Text embeddings (N, query_dim) for trained terms, computed once per (model, term, modality)."""
+        """Text embeddings (N, query_dim) for trained terms, computed once per (model, term, modality).
+
+        With ``embedding_cache`` set, each embedding is also kept on disk as one file recording what it was
+        computed from (:meth:`_cache_identity`, the term and the modality); an entry that does not match
+        all of it, or is not a finite float32 (query_dim,) vector, is recomputed and overwritten.
+        """
         missing = [t for t in dict.fromkeys(terms) if (t, modality) not in self._embeddings]
-        from_disk = {t: e for t in missing if (e := self._load_cached(t, modality)) is not None}
+        identity = self._cache_identity() if missing and self.embedding_cache is not None else {}
+        from_disk = {t: e for t in missing if (e := self._load_cached(t, modality, identity)) is not None}
         to_compute = [t for t in missing if t not in from_disk]
         if to_compute:
             with torch.no_grad():
                 computed = self.text_encoder.encode(to_compute, modality, self.tokenizer).float().cpu()
             for term, row in zip(to_compute, computed):
                 from_disk[term] = row
-                self._store_cached(term, modality, row)
+                self._store_cached(term, modality, identity, row)
         for term, row in from_disk.items():
             self._embeddings[(term, modality)] = row
         return torch.stack([self._embeddings[(t, modality)] for t in terms])
 
-    def _cache_file(self, term: str, modality: str) -> Path | None:
+    def _cache_identity(self) -> dict:
+        """What every disk-cached embedding of this predictor must have been computed with.
+
+        ``text_encoder``: a digest of ``cache_key`` (from :meth:`from_pretrained`: the weights files' sha256 or
+        file identity). ``tokenizer``: a digest of the tokenizer's full definition (vocabulary, normalisation,
+        special ids, length limit). ``dtype`` and ``shape``: float32 (query_dim,), as :meth:`embed` returns.
+        """
+        import json
+
+        inner = getattr(self.tokenizer, "tokenizer", self.tokenizer)  # the Hugging Face tokenizer of SATTokenizer
+        backend = getattr(inner, "backend_tokenizer", None)
+        if backend is not None:  # the tokenizers library's JSON: vocabulary, normaliser, pre-tokeniser, ...
+            definition = json.loads(backend.to_str())
+            for per_call in ("truncation", "padding"):  # set by each call of the tokenizer, not its definition
+                definition.pop(per_call, None)
+            definition = json.dumps(definition, sort_keys=True)
+        elif hasattr(inner, "get_vocab"):
+            definition = repr(sorted(inner.get_vocab().items()))
+        else:
+            definition = repr(inner)
+        limits = [type(self.tokenizer).__name__, getattr(self.tokenizer, "max_tokens", None),
+                  getattr(self.tokenizer, "cls_id", None), getattr(self.tokenizer, "sep_id", None)]
+        tokenizer = hashlib.sha256(f"{limits!r}\0{definition}".encode()).hexdigest()
+        return {"format": "satseg-text-embedding-1",
+                "tokenizer": tokenizer,
+                "text_encoder": hashlib.sha256(self.cache_key.encode()).hexdigest(),
+                "dtype": "float32",
+                "shape": [int(self.model.config.query_dim)]}
+
+    def _cache_file(self, term: str, modality: str, identity: dict) -> Path | None:
         if self.embedding_cache is None:
             return None
-        digest = hashlib.sha256(f"{self.cache_key}\0{term}\0{modality}".encode()).hexdigest()[:32]
-        return self.embedding_cache / f"{digest}.pt"
+        key = repr(sorted({**identity, "term": term, "modality": modality}.items()))
+        return self.embedding_cache / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
 
-    def _load_cached(self, term: str, modality: str) -> torch.Tensor | None:
-        path = self._cache_file(term, modality)
+    def _load_cached(self, term: str, modality: str, identity: dict) -> torch.Tensor | None:
+        """The cached embedding of (term, modality) if its entry matches ``identity`` in every field; else None."""
+        path = self._cache_file(term, modality, identity)
         if path is None or not path.is_file():
             return None
+        expected = {**identity, "term": term, "modality": modality}
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged cache entry is recomputed, never trusted
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            why = self._stale_entry_reason(entry, expected)
+        except Exception as exc:  # a damaged cache entry is recomputed, never trusted
+            why = f"is unreadable ({type(exc).__name__})"
+        if why:
+            log.debug("text-embedding cache entry %s for %r (%s) %s: recomputing", path.name, term, modality, why)
             return None
+        return entry["embedding"]
 
-    def _store_cached(self, term: str, modality: str, row: torch.Tensor) -> None:
-        path = self._cache_file(term, modality)
+    @staticmethod
+    def _stale_entry_reason(entry, expected: dict) -> str | None:
+        """Why a loaded cache entry cannot be used for ``expected`` (None: it can)."""
+        if not isinstance(entry, dict):  # earlier versions saved the bare tensor
+            return "has the old format (a bare tensor)"
+        differing = [key for key, value in expected.items() if entry.get(key) != value]
+        if differing:
+            return f"was computed for another {', '.join(differing)}"
+        embedding = entry.get("embedding")
+        if not isinstance(embedding, torch.Tensor) or embedding.dtype != torch.float32 \
+                or list(embedding.shape) != expected["shape"]:
+            return f"holds no float32 tensor of shape ({expected['shape'][0]},)"
+        if not torch.isfinite(embedding).all():
+            return "holds non-finite values"
+        return None
+
+    def _store_cached(self, term: str, modality: str, identity: dict, row: torch.Tensor) -> None:
+        """Write (or overwrite) the entry of (term, modality): the tensor with what it was computed from."""
+        path = self._cache_file(term, modality, identity)
         if path is None:
             return
         try:
             from satseg.io.atomic import atomic_path
 
             with atomic_path(path, suffix=".pt") as tmp:
-                torch.save(row.clone(), tmp)
+                torch.save({**identity, "term": term, "modality": modality, "embedding": row.clone()}, tmp)
         except OSError as exc:  # read-only home, full disk: the cache is an optimisation only
             log.debug("text-embedding cache not written: %s", exc)
 
