@@ -182,11 +182,12 @@ def test_largest_series_is_read_and_series_uid_selects_another(reference_files, 
 
 
 def test_simpleitk_reads_a_series_dicom2nifti_refuses(reference_files, tmp_path):
-    folder = tmp_path / "gap"
-    shutil.copytree(reference_files / "example_ct_dicom", folder)
-    sorted(folder.iterdir())[10].unlink()  # a missing slice: dicom2nifti rejects the uneven spacing
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for file in sorted((reference_files / "example_ct_dicom").iterdir())[:3]:  # dicom2nifti needs 4 slices or more
+        shutil.copy(file, folder / file.name)
     vol = read_volume(folder)
-    assert vol.meta["converter"] == "SimpleITK" and vol.shape == (512, 512, 19)
+    assert vol.meta["converter"] == "SimpleITK" and vol.shape == (512, 512, 3)
     assert nib.aff2axcodes(vol.affine)[2] == "S"
 
 
