@@ -4,6 +4,11 @@ Formats: NIfTI (``.nii``, ``.nii.gz``; nibabel, header kept), NRRD / MetaImage (
 ``.mhd``; SimpleITK, LPS geometry converted to a RAS affine), DICOM series (a folder, a ``.zip``, or one DICOM file of
 the series, ``.dcm`` or without extension; see :mod:`satseg.io.dicom`).
 
+Limits: only regular files and folders are opened (a FIFO or a device would block or never end). Reading a NIfTI
+costs what its header describes, not what the file holds: the header is read first and its claimed size checked
+against the file and the available memory before the voxels are allocated (once); data after the image in a
+``.gz`` stream is refused. For NRRD / MetaImage the header's size is checked against the memory before reading.
+
 Every problem a user can cause ends in a one-line :class:`~satseg.errors.InputError`. Policy for non-finite voxels:
 a scan with no finite voxel is rejected; NaN/±inf voxels in an otherwise valid scan are replaced by the scan's
 smallest finite value, with a warning (they are usually outside-the-field-of-view fill).
@@ -43,7 +48,7 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, _isal_error, gzip.Bad
 # than this is refused: the image is not what the header says, and decompressing it all could fill the memory.
 GZIP_TRAILING_MARGIN = 64 * 1024
 # Voxel data are decompressed straight into the image's buffer in pieces of this size (the only large allocation).
-_READ_CHUNK = 16 * 1024 * 1024
+_READ_CHUNK = 4 * 1024 * 1024
 
 
 def read_volume(path: str | Path, *, series: str | None = None, volume: int | None = None) -> Volume:
@@ -156,11 +161,7 @@ def _read_nifti(path: Path, volume: int | None) -> Volume:
     """Header first, then only as many voxel bytes as the header describes (see :func:`_read_nifti_voxels`)."""
     import nibabel as nib
 
-    try:
-        fobj = _open_nifti(path)
-    except OSError as exc:
-        raise InputError(f"{path.name}: cannot open the file ({_one_line(exc)})") from exc
-    with fobj:
+    with _open_nifti(path) as fobj:
         try:
             header, stored = _read_nifti_header(path, fobj)
             shape = header.get_data_shape()
@@ -214,9 +215,12 @@ def _read_nifti(path: Path, volume: int | None) -> Volume:
 
 def _open_nifti(path: Path):
     """The file's NIfTI byte stream: decompressed on the fly for ``.gz`` (ISA-L), else the file itself."""
-    if path.name.lower().endswith(".gz"):
-        return _gzip_reader.open(path, "rb")
-    return open(path, "rb")
+    try:
+        if path.name.lower().endswith(".gz"):
+            return _gzip_reader.open(path, "rb")
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path.name}: cannot open the file ({_one_line(exc)})") from exc
 
 
 def _read_nifti_header(path: Path, fobj):
