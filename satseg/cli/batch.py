@@ -120,7 +120,7 @@ class _CohortRunner:
                 scan_options = ScanOptions(modality=modality, orientation=orientation)
                 prepared = prepare_case(case.path, prompts, scan_options, self.prompt_options)
                 for warning in prepared.warnings:
-                    log.warning("%s: %s", case.name, warning)
+                    log.warning("%s", warning)  # the collector names the case
                 if self.predictor is None:
                     from satseg.inference.predictor import Predictor
 
@@ -169,13 +169,20 @@ class _CohortRunner:
 
 
 class _WarningCollector(logging.Handler):
-    """Collects the warnings satseg logs while one case runs (they are printed as they come, too), for the
-    case's line and the summary."""
+    """While one case runs: collects the warnings satseg logs (for the case's line and the summary) and makes
+    every message printed on the console start with the case's name."""
 
     def __init__(self, case: str):
         super().__init__(logging.WARNING)
         self.case = case
         self.messages: list[str] = []
+        self._logger = logging.getLogger("satseg")
+
+    def filter(self, record: logging.LogRecord) -> bool:  # also installed on the console handlers
+        message = record.getMessage()
+        if not message.startswith(f"{self.case}:"):
+            record.msg, record.args = f"{self.case}: {message}", None
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -183,11 +190,15 @@ class _WarningCollector(logging.Handler):
         self.messages.append(message[len(prefix):] if message.startswith(prefix) else message)
 
     def __enter__(self):
-        logging.getLogger("satseg").addHandler(self)
+        for handler in self._logger.handlers:
+            handler.addFilter(self)
+        self._logger.addHandler(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        logging.getLogger("satseg").removeHandler(self)
+        self._logger.removeHandler(self)
+        for handler in self._logger.handlers:
+            handler.removeFilter(self)
 
 
 def _is_model_error(exc) -> bool:

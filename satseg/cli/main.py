@@ -8,6 +8,7 @@ the library. Every :class:`~satseg.errors.SatsegError` becomes one line on stder
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import typer
@@ -17,6 +18,7 @@ from satseg import __version__
 from satseg.errors import EXIT_RUNTIME, SatsegError
 
 DEFAULT_COMMAND = "segment"
+_ROOT_FLAG = re.compile(r"^(-q|--quiet|-v+|--verbose)$")
 
 
 class _DefaultCommandGroup(typer.core.TyperGroup):
@@ -26,10 +28,15 @@ class _DefaultCommandGroup(typer.core.TyperGroup):
         first = next((a for a in args if not a.startswith("-")), None)
         wants_group_help = not args or args[0] in ("--help", "-h", "--version", "--install-completion",
                                                    "--show-completion")
-        if not wants_group_help and first is not None and first not in self.commands:
-            args = [DEFAULT_COMMAND, *args]
-        elif not wants_group_help and first is None and any(a in ("-p", "--prompt") for a in args):
-            args = [DEFAULT_COMMAND, *args]
+        if not wants_group_help and (
+            (first is not None and first not in self.commands)
+            or (first is None and any(a in ("-p", "--prompt") for a in args))
+        ):
+            # the group's own options (-q, -v) may come first: `satseg -q scan.nii.gz -p liver -o out`
+            lead = 0
+            while lead < len(args) and _ROOT_FLAG.match(args[lead]):
+                lead += 1
+            args = [*args[:lead], DEFAULT_COMMAND, *args[lead:]]
         return super().parse_args(ctx, args)
 
 

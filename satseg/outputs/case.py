@@ -428,8 +428,8 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
 
 def _write_error(exc: OSError, out_dir: Path) -> SatsegError:
     """A write failure as one line that names where (stream writers raise ENOSPC without a file name)."""
-    where = exc.filename or out_dir
-    return SatsegError(f"cannot write the results in {out_dir}: {exc.strerror or exc} ({where})")
+    where = f" ({exc.filename})" if exc.filename else ""
+    return SatsegError(f"cannot write the results in {out_dir}: {exc.strerror or exc}{where}")
 
 
 def run_report(seg, predictor, *, extra: dict | None = None) -> dict:
