@@ -67,14 +67,15 @@ def test_explain_shows_terms_method_and_explanation(capsys):
 
 
 def test_explain_json_prints_the_resolution_record(capsys):
-    record = _json_out(capsys, ["terms", "--explain", "both lungs", "--modality", "mri", "--json"])
+    record = _json_out(capsys, ["terms", "--explain", "both lungs", "--modality", "mri", "--json",
+                                "--allow-untrained-modality"])
     assert record["terms"] == ["left lung", "right lung"]
     assert record["method"] == "composition" and record["modality"] == "mri"
     assert len(record["warnings"]) == 2
 
 
 def test_explain_of_an_unknown_prompt_exits_2_with_suggestions(capsys):
-    assert main(["terms", "--explain", "spleeen"]) == 2
+    assert main(["terms", "--explain", "spleen tip"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("satseg: error: ") and "spleen" in err and err.count("\n") == 1
 

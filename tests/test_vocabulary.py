@@ -234,13 +234,14 @@ def test_normalize_modality_rejects_unknown_with_one_line_listing_accepted_value
 
 
 def test_resolution_is_frozen_and_serialises_to_json():
-    resolution = resolve("both lungs", "mri")
+    resolution = resolve("both lungs", "mri", allow_untrained_modality=True)
     with pytest.raises(FrozenInstanceError):
         resolution.terms = ()
     data = json.loads(json.dumps(resolution.to_dict()))
     assert data == {"prompt": "both lungs", "terms": ["left lung", "right lung"], "method": "composition",
                     "modality": "mri", "warnings": list(resolution.warnings),
-                    "explanation": resolution.explanation}
+                    "explanation": resolution.explanation, "context": [], "corrections": [],
+                    "steps": list(resolution.steps)}
     assert len(data["warnings"]) == 2
 
 

@@ -1,7 +1,8 @@
 """A hand-written table of prompts and what they must resolve to (written from anatomy, not from the resolver).
 
-Each row: prompt, modality (or None), and either the set of trained terms, ``Refused(first_suggestion)`` or
-``Ambiguous({meanings})``. Rows with a modality the terms were not trained on also expect a warning.
+Each row: prompt, modality (or None), and either the set of trained terms, ``Refused(first_suggestion)``,
+``Ambiguous({meanings})``, ``Untrained(terms)`` (a modality the terms were not trained on: refused by default, and
+resolved with a warning when ``allow_untrained_modality``) or ``Corrected(terms)`` (a misspelling corrected).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ class Ambiguous:
 
 
 @dataclass(frozen=True)
-class Warns:
-    terms: frozenset  # resolves to these AND warns that they were not trained for the modality
+class Untrained:
+    terms: frozenset  # refused by default; with allow_untrained_modality resolves to these AND warns
+
+
+@dataclass(frozen=True)
+class Corrected:
+    terms: frozenset  # resolves to these, and the resolution names the correction
 
 
 def L(n):  # noqa: E743
@@ -151,7 +157,7 @@ PHRASINGS = [
     ("rib_right_12", "ct", S("right rib 12")),
     ("costal_cartilages", "ct", S("costal cartilage")),
     ("intervertebral_discs", "mri", S("intervertebral discs")),
-    ("lung_left", "mri", Warns(S("left lung"))),
+    ("lung_left", "mri", Untrained(S("left lung"))),
     ("Vertebrae_L1", "mri", S(L(1))),
     # -- synonyms (knowledge file and everyday names) -------------------------------------------------------------
     ("bladder", "ct", S("urinary bladder")),
@@ -269,37 +275,37 @@ PHRASINGS = [
     ("caudate nucleus", "mri", S("left caudate nucleus", "right caudate nucleus")),
     ("globus pallidus", "mri", S("left pallidum", "right pallidum")),
     ("both eyes", "ct", S("left eyeball", "right eyeball")),
-    # -- modality mismatches (resolve, but warn) ------------------------------------------------------------------
-    ("left lung", "mri", Warns(S("left lung"))),
-    ("white matter hyperintensities", "ct", Warns(S("white matter hyperintensities"))),
-    ("grey matter", "ct", Warns(S("grey matter"))),
-    ("tumor", "ct", Warns(S("tumor"))),
-    ("lymph node", "ct", Warns(S("lymph node"))),
-    ("thyroid", "flair", Warns(S("thyroid"))),
-    ("vestibular schwannoma", "CT", Warns(S("vestibular schwannoma"))),
-    ("both lungs", "MRI T2", Warns(S("left lung", "right lung"))),
+    # -- modality mismatches (refused unless allowed, then resolved with a warning) -----------------------------------
+    ("left lung", "mri", Untrained(S("left lung"))),
+    ("white matter hyperintensities", "ct", Untrained(S("white matter hyperintensities"))),
+    ("grey matter", "ct", Untrained(S("grey matter"))),
+    ("tumor", "ct", Untrained(S("tumor"))),
+    ("lymph node", "ct", Untrained(S("lymph node"))),
+    ("thyroid", "flair", Untrained(S("thyroid"))),
+    ("vestibular schwannoma", "CT", Untrained(S("vestibular schwannoma"))),
+    ("both lungs", "MRI T2", Untrained(S("left lung", "right lung"))),
     ("liver", "MRI T1", S("liver")),
     ("kidney", "mr", S("kidney")),
-    # -- misspellings: refused, the right term suggested first ----------------------------------------------------
-    ("livr", "ct", Refused("liver")),
-    ("liverr", "ct", Refused("liver")),
-    ("spleeen", "ct", Refused("spleen")),
-    ("pancraes", "ct", Refused("pancreas")),
-    ("prostrate", "mri", Refused("prostate")),
-    ("esophogus", "ct", Refused("esophagus")),
-    ("gallbladdder", "ct", Refused("gallbladder")),
-    ("left kidny", "ct", Refused("left kidney")),
-    ("rigth kidney", "ct", Refused("right kidney")),
-    ("hipocampus", "mri", Refused("hippocampus")),
-    ("duodenem", "ct", Refused("duodenum")),
-    ("trachia", "ct", Refused("trachea")),
-    ("sternun", "ct", Refused("sternum")),
-    ("aortta", "ct", Refused("aorta")),
-    ("thalamos", "mri", Refused("thalamus")),
-    ("urinary blader", "ct", Refused("urinary bladder")),
-    ("cerebelum", "mri", Refused("cerebellum")),
-    ("myocardum", "mri", Refused("myocardium")),
-    ("liver and spleeen", "ct", Refused("spleen")),
+    # -- misspellings: corrected when exactly one known word is close --------------------------------------------
+    ("livr", "ct", Corrected(S("liver"))),
+    ("liverr", "ct", Corrected(S("liver"))),
+    ("spleeen", "ct", Corrected(S("spleen"))),
+    ("pancraes", "ct", Corrected(S("pancreas"))),
+    ("prostrate", "mri", Corrected(S("prostate"))),
+    ("esophogus", "ct", Corrected(S("esophagus"))),
+    ("gallbladdder", "ct", Corrected(S("gallbladder"))),
+    ("left kidny", "ct", Corrected(S("left kidney"))),
+    ("rigth kidney", "ct", Corrected(S("right kidney"))),
+    ("hipocampus", "mri", Corrected(S("hippocampus"))),
+    ("duodenem", "ct", Corrected(S("duodenum"))),
+    ("trachia", "ct", Corrected(S("trachea"))),
+    ("sternun", "ct", Corrected(S("sternum"))),
+    ("aortta", "ct", Corrected(S("aorta"))),
+    ("thalamos", "mri", Corrected(S("thalamus"))),
+    ("urinary blader", "ct", Refused("urinary bladder")),  # 'bladder' or 'blade': two candidates
+    ("cerebelum", "mri", Corrected(S("cerebellum"))),
+    ("myocardum", "mri", Corrected(S("myocardium"))),
+    ("liver and spleeen", "ct", Corrected(S("liver", "spleen"))),
     # -- nonsense and ambiguity -----------------------------------------------------------------------------------
     ("banana", "ct", Refused(None)),
     ("asdfgh", "ct", Refused(None)),
@@ -341,12 +347,17 @@ def test_phrasing_resolves_as_a_radiologist_expects(prompt, modality, expected):
         assert expected.meanings <= set(caught.value.suggestions)
         for meaning in expected.meanings:
             assert meaning in str(caught.value)
+    elif isinstance(expected, Untrained):
+        with pytest.raises(PromptError) as caught:
+            resolve(prompt, modality)
+        assert caught.value.untrained_modality and "trained on" in str(caught.value)
+        resolution = resolve(prompt, modality, allow_untrained_modality=True)
+        assert set(resolution.terms) == expected.terms, resolution.explanation
+        assert resolution.warnings and "trained on" in resolution.warnings[0]
     else:
         resolution = resolve(prompt, modality)
-        wanted = expected.terms if isinstance(expected, Warns) else expected
+        wanted = expected.terms if isinstance(expected, Corrected) else expected
         assert set(resolution.terms) == wanted, resolution.explanation
         assert len(resolution.terms) == len(wanted)  # no duplicates
-        if isinstance(expected, Warns):
-            assert resolution.warnings and "trained on" in resolution.warnings[0]
-        else:
-            assert resolution.warnings == ()
+        assert resolution.warnings == ()
+        assert bool(resolution.corrections) == isinstance(expected, Corrected), resolution.corrections

@@ -20,11 +20,22 @@ def terms(
     explain: str = typer.Option(None, "--explain", "-e", metavar="PROMPT",
                                 help="Show how PROMPT resolves to trained terms (exit 2 if it does not)."),
     free_text: bool = typer.Option(False, "--free-text", help="With --explain: send PROMPT unchanged."),
+    allow_untrained_modality: bool = typer.Option(
+        False, "--allow-untrained-modality",
+        help="With --explain: resolve terms not trained on --modality (with a warning) instead of refusing them."),
 ) -> None:
     from satseg import vocabulary
 
     if explain is not None:
-        resolution = vocabulary.resolve(explain, modality, free_text=free_text)
+        try:
+            resolution = vocabulary.resolve(explain, modality, free_text=free_text,
+                                            allow_untrained_modality=allow_untrained_modality)
+        except vocabulary.PromptResolutionError as refusal:
+            if as_json:
+                typer.echo(json.dumps(refusal.to_dict(), indent=2, ensure_ascii=False))
+            else:
+                _print_refusal(refusal)
+            raise
         if as_json:
             typer.echo(json.dumps(resolution.to_dict(), indent=2, ensure_ascii=False))
         else:
@@ -63,6 +74,8 @@ def _print_table(entries) -> None:
 
 def _print_resolution(resolution) -> None:
     typer.echo(f"prompt:      {resolution.prompt}")
+    for step in resolution.steps:
+        typer.echo(f"step:        {step}")
     typer.echo(f"terms:       {'; '.join(resolution.terms)}")
     typer.echo(f"method:      {resolution.method}")
     if resolution.modality:
@@ -70,3 +83,13 @@ def _print_resolution(resolution) -> None:
     typer.echo(f"explanation: {resolution.explanation}")
     for warning in resolution.warnings:
         typer.echo(f"warning:     {warning}")
+
+
+def _print_refusal(refusal) -> None:
+    """The steps read before the refusal and the suggestions, on stdout; the error line itself goes to stderr."""
+    typer.echo(f"prompt:      {refusal.prompt}")
+    for step in refusal.steps:
+        typer.echo(f"step:        {step}")
+    typer.echo("terms:       (refused)")
+    if refusal.suggestions:
+        typer.echo(f"suggestions: {'; '.join(refusal.suggestions)}")

@@ -54,7 +54,10 @@ class PromptOptions:
     Attributes:
         free_text: send prompts that do not resolve to trained terms to the text encoder as they are.
         threshold: probability above which a voxel belongs to the structure (SAT: 0.5).
+        allow_untrained_modality: run terms that were not trained on the scan's modality (with a warning kept in
+            the resolution) instead of refusing them.
     """
 
     free_text: bool = False
     threshold: float = 0.5
+    allow_untrained_modality: bool = False

@@ -94,7 +94,8 @@ def prepare_prompts(prompts: list[str], modality: str, options: PromptOptions) -
     blank = [p for p in prompts if not p.strip()]
     if blank:
         raise InputError("an empty prompt was given; every -p/--prompt needs a structure name")
-    resolutions = [resolve(p, modality, free_text=options.free_text).to_dict() for p in prompts]
+    resolutions = [resolve(p, modality, free_text=options.free_text,
+                           allow_untrained_modality=options.allow_untrained_modality).to_dict() for p in prompts]
     return resolutions, output_names(prompts, reserved=RESERVED_NAMES)
 
 

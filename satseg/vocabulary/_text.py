@@ -38,6 +38,8 @@ _SINGULAR = {
     "glutei": "gluteus", "testes": "testis", "ovaries": "ovary", "corpora": "corpus", "cavities": "cavity",
     "canals": "canal", "processes": "process", "sinuses": "sinus", "meninges": "meninx", "foramina": "foramen",
     "ganglia": "ganglion", "ribs": "rib", "vertebras": "vertebra", "discs": "disc", "disks": "disc", "disk": "disc",
+    "metastases": "metastasis", "metastasi": "metastasis", "neoplasia": "neoplasm", "carcinomata": "carcinoma",
+    "foci": "focus", "masses": "mass", "diagnoses": "diagnosis",
 }
 # Singular words that end in "s" and must keep it.
 _KEEP_S_ENDINGS = ("ss", "us", "is", "os")
@@ -52,6 +54,10 @@ _ORDINAL_WORDS = {
 # Two words written as one in SAT's names ("gall bladder" → "gallbladder").
 _COMPOUNDS = {("gall", "bladder"): "gallbladder", ("brain", "stem"): "brainstem", ("eye", "ball"): "eyeball"}
 
+# Couinaud liver segments are written in Roman numerals ("segment IV"); only after "segment" are they numbers.
+_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6, "vii": 7, "viii": 8}
+_SEGMENT_ROMAN = re.compile(r"\b(segments?|couinaud)\s+(viii|vii|vi|iv|v|iii|ii|i)\b")
+
 _DASHES = re.compile(r"[\u2010-\u2015\u2212]")
 _ORDINAL_SUFFIX = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)\b")
 _WORD_DIGITS = re.compile(r"\b([a-z]{3,})(\d{1,2})\b")
@@ -65,6 +71,7 @@ def light(text: str) -> str:
     text = _ORDINAL_SUFFIX.sub(r"\1", text)
     text = re.sub(r"\b(" + "|".join(_ORDINAL_WORDS) + r")\b", lambda m: str(_ORDINAL_WORDS[m.group(1)]), text)
     text = _WORD_DIGITS.sub(r"\1 \2", text)  # "rib1" → "rib 1"; "l1", "t12" stay
+    text = _SEGMENT_ROMAN.sub(lambda m: f"{m.group(1)} {_ROMAN[m.group(2)]}", text)
     return " ".join(text.split())
 
 
@@ -79,6 +86,11 @@ def singular(word: str) -> str:
     if word.endswith(("ches", "shes", "xes", "sses")):
         return word[:-2]
     return word[:-1]
+
+
+def canonical(word: str) -> str:
+    """One lower-case word in the form keys use: American spelling, singular (``tumours`` → ``tumor``)."""
+    return singular(_SPELLING.get(word, word))
 
 
 def tokens(text: str) -> list[str]:

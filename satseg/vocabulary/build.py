@@ -63,6 +63,8 @@ _CUT = re.compile(
     r"morphological|structural|spatial|volumetric|3d|features|manifestation|boundary|definition|extent|volume|"
     r"content|ultrastructure|throughout|as|analysis|evaluation|endocardial|osseous|tissue|architecture|anatomy|"
     r"morphology|parenchyma|lumen|structures?|chamber|field|diaphysis|shaft|body|boundar(?:y|ies)|depicted|imaged)\b.*$")
+# A one-word knowledge-file synonym with an adjective ending is a word form of its organ ("hepatic" → liver).
+_ADJECTIVE = re.compile(r"^[a-z]{4,}(?:al|ic|ar|ary|eal|ine|ous|iac)$")
 _CONTEXT = re.compile(r"\b(?:ct|mr|mri|imaging|scans?|images?|t1|t2|microscopy|ultrasound|tomograph\w*|resonance|"
                       r"echocardiograph\w*|fdg|uptake|segment(?:ed)?)\b")
 
@@ -227,6 +229,19 @@ def _word_collisions(tables: _Tables, key: str, target: str) -> list[str]:
     return sorted(others)
 
 
+def _word_forms(tables: _Tables, curated: dict[str, str]) -> dict[str, str]:
+    """Adjective → organ noun: the knowledge file's one-word adjective synonyms of a term ("hepatic" → liver),
+    then the curated table, which wins where both name a word."""
+    forms: dict[str, str] = {}
+    for key, found in tables.candidates.items():
+        targets = {term for term, _, _ in found}
+        if (_ADJECTIVE.match(key) and len(targets) == 1 and all(src == "SAT knowledge file" for _, _, src in found)
+                and len(phrase_key(next(iter(targets))).split()) <= 2):
+            forms[key] = phrase_key(next(iter(targets)))
+    forms.update({phrase_key(w): phrase_key(n) for w, n in curated.items()})
+    return forms
+
+
 def _resolvable(tables: _Tables, phrase: str) -> bool:
     key = phrase_key(phrase)
     return (key in tables.term_by_key or tables.lookup(phrase) is not None
@@ -281,6 +296,12 @@ def build(reference: Path, totalseg_map: Path) -> dict:
     for word, noun in curated["adjectives"].items():
         if not set(phrase_key(noun).split()) <= term_words:
             raise ValueError(f"curated adjective {word!r} points at {noun!r}, a word no term uses")
+    word_forms = _word_forms(tables, curated["adjectives"])
+    for word, noun in word_forms.items():  # "splenic" alone is the spleen, though "splenic vein" names a vein
+        target = tables.lookup(noun)
+        if target is not None and word not in curated["ambiguous"]:
+            ambiguous.pop(word, None)
+            aliases[word] = {"term": target, "method": "synonym", "source": "word form"}
     return {
         "format_version": FORMAT_VERSION,
         "sources": {
@@ -290,9 +311,9 @@ def build(reference: Path, totalseg_map: Path) -> dict:
             "curated.json": sha256(CURATED),
         },
         "entries": entries,
-        "aliases": aliases,
+        "aliases": dict(sorted(aliases.items())),
         "ambiguous": dict(sorted(ambiguous.items())),
-        "adjectives": {phrase_key(w): phrase_key(n) for w, n in sorted(curated["adjectives"].items())},
+        "adjectives": dict(sorted(word_forms.items())),
         "vertebra_levels": levels,
         "totalsegmentator": totalseg,
         "knowledge_concepts_without_sat_term": unmapped,

@@ -1,12 +1,20 @@
-"""Prompt → trained terms: normalise, match exactly, by alias, or compose a union; otherwise refuse with suggestions.
+"""Prompt → trained terms: read the prompt, match it exactly or by alias, or compose a union; otherwise refuse.
 
-Order for one phrase: TotalSegmentator class name (``kidney_left``), terminology entry (``ct_liver``), exact term
-after normalisation (case, punctuation, plural, spelling, laterality word order), alias (synonym, abbreviation,
-TotalSegmentator name; an ambiguous alias is refused), vertebra/rib ranges (``L1-L5``, ``left ribs 1-3``),
-both sides (``both lungs``, ``left and right kidney``), rewrites (``lower lobe of the left lung``, ``renal cyst``,
-``prostate gland``, ``left shoulder blade``), and left + right when only sided terms exist (``putamen``). A prompt
-that is not one phrase is split at ``,`` ``;`` ``+`` ``&`` ``and`` ``plus`` into the fewest phrases that resolve
-(so ``portal vein and splenic vein`` stays one term). Fuzzy matching only ever suggests, it never resolves.
+A prompt is first matched as typed. Order for one phrase: TotalSegmentator class name (``kidney_left``),
+terminology entry (``ct_liver``), exact term after normalisation (case, punctuation, plural, spelling, laterality
+word order), alias (synonym, abbreviation, TotalSegmentator name; an ambiguous alias is refused), rewrites (word
+order "lower lobe of the left lung", word forms "renal cyst" → "kidney cyst", "prostate gland"), vertebra/rib
+ranges (``L1-L5``), both sides (``both lungs``), left + right when only sided terms exist (``putamen``), a
+finding on an organ ("renal mass", see :mod:`satseg.vocabulary._findings`) and named groups (``gluteal
+muscles``). A prompt that is not one phrase is split at ``,`` ``;`` ``+`` ``&`` ``/`` ``and`` ``or`` ``plus``
+into the fewest phrases that resolve (so ``portal vein and splenic vein`` stays one term).
+
+When that fails, the prompt is read word by word (:mod:`satseg.vocabulary._context`): misspelled words are
+corrected where exactly one known word is close (:mod:`satseg.vocabulary._spelling`), imaging, task and filler
+words are set aside, then region phrases ("in the abdomen", "abdominal CT"); what is left must match completely.
+Every word is accounted for — matched, set aside as context, or corrected — or the prompt is refused with
+suggestions: never a match on part of the words. A modality named in the prompt that contradicts the scan's is
+refused, and so is a term not trained on the scan's modality unless ``allow_untrained_modality``.
 """
 
 from __future__ import annotations
@@ -14,12 +22,16 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from satseg.errors import PromptError
-from satseg.vocabulary._text import LATERALITY, light, phrase_key, tokens
-from satseg.vocabulary.catalog import Vocabulary, load, normalize_modality
+from satseg.vocabulary import _context, _findings
+from satseg.vocabulary._spelling import Speller
+from satseg.vocabulary._text import LATERALITY, canonical, light, phrase_key, tokens
+from satseg.vocabulary.catalog import MODALITIES, Vocabulary, load, normalize_modality
 
 MAX_PARTS = 40
+_CACHE_LIMIT = 50_000
 _RANGE_SEP = r"\s*(?:-|to|through|thru|until|\.\.)\s*"
 _VERTEBRA_RANGE = re.compile(
     r"^(?:(?:vertebrae?|vertebral bodies|vertebral levels?|levels?|spine|from)\s+)*([ctls])\s?(\d{1,2})"
@@ -32,11 +44,14 @@ _RIB_RANGE = re.compile(
     + _RANGE_SEP + r"(\d{1,2})\s+ribs?)(?:\s+(?:on the\s+)?(left|right|both sides|bilateral))?$")
 _BOTH_BEFORE = re.compile(r"^(?:left and right|right and left|left right|right left|both|bilateral) (.+)$")
 _BOTH_AFTER = re.compile(r"^(.+?) (?:left and right|right and left|left right|right left|both|on both|bilateral)$")
-_SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bplus\b|\bas well as\b|(?<=[a-z]{3})\s*/(?=\s*[a-z]{3}))\s*)+")
+_SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as\b|(?<=[a-z]{3})\s*/(?=\s*[a-z]{3}))"
+                        r"\s*)+")
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 _DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
 _ADDABLE_SUFFIX = ("gland", "bone", "artery")
-_METHOD_RANK = {"exact": 0, "totalsegmentator": 1, "abbreviation": 2, "synonym": 3, "composition": 4}
+_EXTRA_KNOWN = ("both", "bilateral", "left", "right", "lt", "rt", "l", "r", "to", "through", "thru", "until",
+                "and", "or", "plus", "as", "well", "sided", "side", "vertebra", "level", "from", "segment",
+                "couinaud", "muscle", "bone", "gland", "organ", "hemisphere", "sinister", "dexter")
 
 
 @dataclass(frozen=True)
@@ -45,25 +60,37 @@ class Resolution:
 
     prompt: str  # as given
     terms: tuple[str, ...]  # trained term names, lower case as in SAT's terminology list
-    method: str  # "exact" | "synonym" | "totalsegmentator" | "abbreviation" | "composition" | "free-text"
+    method: str  # "exact" | "synonym" | "totalsegmentator" | "abbreviation" | "composition" | "finding" | "free-text"
     modality: str | None = None
     warnings: tuple[str, ...] = ()
     explanation: str = ""
+    context: tuple[str, ...] = ()  # words set aside, as "modality: 'contrast enhanced ct'"
+    corrections: tuple[str, ...] = ()  # "'splen' → 'spleen'"
+    steps: tuple[str, ...] = ()  # how it was read, in order (what --explain shows)
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "terms": list(self.terms), "method": self.method,
-                "modality": self.modality, "warnings": list(self.warnings), "explanation": self.explanation}
+                "modality": self.modality, "warnings": list(self.warnings), "explanation": self.explanation,
+                "context": list(self.context), "corrections": list(self.corrections), "steps": list(self.steps)}
 
 
 class PromptResolutionError(PromptError):
-    """A prompt that resolves to no trained term (``suggestions``: up to 5 close terms) or to two structures
-    (``ambiguous`` is True and ``suggestions`` lists the meanings)."""
+    """A prompt that resolves to no trained term (``suggestions``: up to 5 close terms, the likeliest first), to
+    two structures (``ambiguous`` is True and ``suggestions`` lists the meanings), or to a term not trained on the
+    scan's modality (``untrained_modality`` is True). ``steps`` says how far the reading got."""
 
-    def __init__(self, message: str, *, prompt: str, suggestions: tuple[str, ...] = (), ambiguous: bool = False):
+    def __init__(self, message: str, *, prompt: str, suggestions: tuple[str, ...] = (), ambiguous: bool = False,
+                 untrained_modality: bool = False, steps: tuple[str, ...] = ()):
         super().__init__(message)
         self.prompt = prompt
         self.suggestions = tuple(suggestions)
         self.ambiguous = ambiguous
+        self.untrained_modality = untrained_modality
+        self.steps = tuple(steps)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "refused": str(self), "suggestions": list(self.suggestions),
+                "ambiguous": self.ambiguous, "untrained_modality": self.untrained_modality, "steps": list(self.steps)}
 
 
 @dataclass(frozen=True)
@@ -79,18 +106,31 @@ class _Ambiguous:
     options: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """A phrase understood well enough to say why it cannot be resolved (a finding without a lesion term)."""
+
+    message: str
+    suggestions: tuple[str, ...]
+
+
 @dataclass
 class _Resolver:
     vocabulary: Vocabulary
+    modality: str | None = None
     cache: dict = field(default_factory=dict)
+    _lesions: dict | None = None
 
     # -- one phrase ---------------------------------------------------------------------------------------------
-    def phrase(self, text: str) -> _Match | _Ambiguous | None:
+    def phrase(self, text: str) -> _Match | _Ambiguous | _Refusal | None:
         if text not in self.cache:
+            if len(self.cache) > _CACHE_LIMIT:
+                self.cache.clear()
+            self.cache[text] = None  # a phrase that refers back to itself does not resolve
             self.cache[text] = self._phrase(text)
         return self.cache[text]
 
-    def _phrase(self, text: str) -> _Match | _Ambiguous | None:
+    def _phrase(self, text: str) -> _Match | _Ambiguous | _Refusal | None:
         v = self.vocabulary
         raw = " ".join(text.lower().split())
         if not raw:
@@ -106,11 +146,14 @@ class _Resolver:
         found = self.key(key, depth=2)
         if found is not None:
             return found
-        for attempt in (self._range, self._both_sides, self._implicit_both_sides):
+        refusal = None
+        for attempt in (self._range, self._both_sides, self._implicit_both_sides, self._finding, self._group):
             found = attempt(text, key)
-            if found is not None:
+            if isinstance(found, _Refusal):
+                refusal = refusal or found
+            elif found is not None:
                 return found
-        return None
+        return refusal
 
     def key(self, key: str, depth: int) -> _Match | _Ambiguous | None:
         """Exact term or alias for a normalised key, then rewrites of it (up to ``depth`` rewrites deep)."""
@@ -147,7 +190,8 @@ class _Resolver:
             yield phrase_key(f"{tail} {head}"), "word order", None
         substituted = [v.adjectives.get(w, w) for w in words]
         if substituted != words:
-            yield phrase_key(" ".join(substituted)), "adjective as noun", "synonym"
+            forms = ", ".join(f"{w!r} → {s!r}" for w, s in zip(words, substituted) if w != s)
+            yield phrase_key(" ".join(substituted)), f"word form {forms}", "synonym"
         if len(words) > 1 and words[-1] in _DROPPABLE_SUFFIX:
             yield " ".join(words[:-1]), f"without {words[-1]!r}", "synonym"
         for suffix in _ADDABLE_SUFFIX:
@@ -209,11 +253,120 @@ class _Resolver:
             return whole
         return None
 
+    # -- findings -----------------------------------------------------------------------------------------------
+    def lesions(self) -> dict[str, list[tuple[str, str]]]:
+        """Organ (term name, or the name's key where no term) → [(lesion term, kind)], from the term names."""
+        if self._lesions is None:
+            index: dict[str, list[tuple[str, str]]] = {}
+            for name, entry in self.vocabulary.terms.items():
+                words = phrase_key(name).split()
+                if not entry.abnormal or len(words) < 2 or words[-1] not in _findings.LESION_KINDS:
+                    continue
+                organ_key = " ".join(words[:-1])
+                organ = self.key(organ_key, depth=1)
+                owner = organ.terms[0] if isinstance(organ, _Match) and len(organ.terms) == 1 else organ_key
+                index.setdefault(owner, []).append((name, _findings.LESION_KINDS[words[-1]]))
+            self._lesions = index
+        return self._lesions
+
+    def _finding(self, text: str, key: str) -> _Match | _Refusal | None:
+        words = key.split()
+        found = [w for w in words if w in _findings.FINDING_WORDS]
+        if not found:
+            return None
+        rest = [w for w in words if w not in _findings.FINDING_WORDS and w not in _findings.MODIFIERS]
+        while rest and rest[0] in _findings.LINKS:
+            rest.pop(0)
+        while rest and rest[-1] in _findings.LINKS:
+            rest.pop()
+        on_modality = f" on {self.modality.upper()}" if self.modality else ""
+        if not rest:
+            options = self._lesion_terms()
+            return _Refusal(f"{text!r} names a finding but no organ; lesion terms trained{on_modality}: "
+                            f"{', '.join(options)}", options[:5])
+        organ, owner = self._organ(rest)
+        if owner is None:
+            return None
+        kinds, rule = _findings.wanted_kinds(found)
+        lesions = self.lesions().get(owner, [])
+        if not lesions:
+            return _Refusal(f"no lesion term is trained for {owner!r} (asked for by {text!r})",
+                            tuple(dict.fromkeys([*self._lesion_terms(), owner]))[:5])
+        side, _, unsided = owner.partition(" ")
+        if side in LATERALITY and unsided in self.lesions():
+            missing = {k for _, k in self.lesions()[unsided]} - {k for _, k in lesions}
+            if missing & kinds:
+                options = tuple(t for t, _ in lesions + self.lesions()[unsided])
+                return _Refusal(f"{text!r}: the {'/'.join(sorted(missing & kinds))} lesion terms of the {unsided} "
+                                f"are not sided; choose among {', '.join(options)}", options)
+        chosen = [t for t, k in lesions if k in kinds]
+        if not chosen and kinds == {"nodule"}:
+            chosen = [t for t, k in lesions if k == "tumor"]
+        if not chosen:
+            options = tuple(t for t, _ in lesions)
+            return _Refusal(f"no {'/'.join(sorted(kinds))} lesion term is trained for {owner!r}; its lesion terms: "
+                            f"{', '.join(options)}", options)
+        trained = [t for t in chosen if self.modality in self.vocabulary.modalities_of(t)]
+        chosen = trained or chosen
+        how = (f"finding {' '.join(found)!r} on {owner!r}{organ}: {rule} for {owner}{on_modality} "
+               f"(rule: a finding on an organ means all its lesion terms of that kind trained for the modality)")
+        return _Match(tuple(chosen), "finding", how)
+
+    def _organ(self, words: list[str]) -> tuple[str, str | None]:
+        text = " ".join(words)
+        found = self.phrase(text)
+        if isinstance(found, _Match) and len(found.terms) == 1:
+            how = "" if found.terms[0] == text else f" ({found.how})"
+            return how, found.terms[0]
+        key = phrase_key(text)
+        if key in self.lesions():
+            return "", key
+        substituted = " ".join(self.vocabulary.adjectives.get(w, w) for w in key.split())
+        if substituted in self.lesions():
+            return f" (word form {key!r} → {substituted!r})", substituted
+        return "", None
+
+    def _lesion_terms(self) -> tuple[str, ...]:
+        names = [t for items in self.lesions().values() for t, _ in items]
+        on = [t for t in names if self.modality in self.vocabulary.modalities_of(t)]
+        return tuple(sorted(on or names))
+
+    # -- named groups -------------------------------------------------------------------------------------------
+    def _group(self, text: str, key: str) -> _Match | None:
+        """A structure SAT trains only in parts ("left heart" → left heart atrium, left heart ventricle), or
+        a region's or structure's vessels/muscles ("abdominal veins", "gluteal muscles")."""
+        v = self.vocabulary
+        words = key.split()
+        base = " ".join(words[1:]) if words[0] in LATERALITY else key
+        if isinstance(self.key(base, depth=0), _Match) and key not in v.term_by_key:
+            members = [n for k, n in v.term_by_key.items() if k.startswith(key + " ") and not v.terms[n].abnormal]
+            if len(members) >= 2:
+                return _Match(tuple(members), "composition",
+                              f"named group {key!r}: the trained terms named '{key} …': {', '.join(members)}")
+        typed = light(text).split()
+        if len(words) < 2 or not typed or not typed[-1].endswith("s") or words[-1] not in _GROUP_CATEGORIES:
+            return None
+        category, modifier = _GROUP_CATEGORIES[words[-1]], " ".join(words[:-1])
+        region = _GROUP_REGIONS.get(modifier)
+        if region is None:
+            stem = v.adjectives.get(modifier, modifier)
+            members = [n for n in v.terms if stem in phrase_key(n).split() and _in_category(n, category)]
+            source = f"the trained {words[-1]} terms with {stem!r} in their name"
+        else:
+            members = [n for n in v.terms if _in_category(n, category)
+                       and any(region in e.regions for e in v.terms[n].entries)]
+            source = f"the trained {words[-1]} terms of SAT's {region!r} region"
+        members = [n for n in members if not v.terms[n].abnormal]
+        members = [n for n in members if n.split(" ", 1)[0] not in LATERALITY or n.split(" ", 1)[1] not in members]
+        if len(members) < 2:
+            return None
+        return _Match(tuple(members), "composition", f"named group {key!r}: {source}: {', '.join(members)}")
+
     # -- a whole prompt -----------------------------------------------------------------------------------------
-    def prompt(self, text: str) -> list[tuple[str, _Match | _Ambiguous | None]]:
+    def prompt(self, text: str) -> list[tuple[str, _Match | _Ambiguous | _Refusal | None]]:
         """The fewest phrases that all resolve, as (phrase, result); one unresolved phrase when none do."""
         whole = self.phrase(text)
-        if whole is not None:
+        if isinstance(whole, (_Match, _Ambiguous)):
             return [(text, whole)]
         separators = list(_SEPARATOR.finditer(text))
         spans, start = [], 0
@@ -223,7 +376,7 @@ class _Resolver:
         spans.append((start, len(text)))
         spans = [s for s in spans if text[s[0]:s[1]].strip()]
         if len(spans) < 2 or len(spans) > MAX_PARTS:
-            return [(text, None)]
+            return [(text, whole)]
         best: list[list | None] = [[]] + [None] * len(spans)
         for end in range(1, len(spans) + 1):
             for begin in range(end):
@@ -231,31 +384,174 @@ class _Resolver:
                     continue
                 segment = text[spans[begin][0]:spans[end - 1][1]].strip()
                 found = self.phrase(segment)
-                if found is not None and (best[end] is None or len(best[begin]) + 1 < len(best[end])):
+                if isinstance(found, (_Match, _Ambiguous)) and (
+                        best[end] is None or len(best[begin]) + 1 < len(best[end])):
                     best[end] = best[begin] + [(segment, found)]
         if best[-1] is not None:
             return best[-1]
+        if whole is not None:
+            return [(text, whole)]
         reached = max(i for i, b in enumerate(best) if b is not None)  # report the part after the longest
         begin, stop = spans[reached]                                    # prefix that resolves
-        return [(text[begin:stop].strip(), None)]
+        part = text[begin:stop].strip()
+        return [(part, self.phrase(part))]
 
 
-def _modality_warnings(terms: tuple[str, ...], modality: str | None, vocabulary: Vocabulary) -> list[str]:
-    warnings = []
-    for term in terms:
-        trained = vocabulary.modalities_of(term)
-        if modality is not None and modality not in trained:
-            warnings.append(f"{term!r} was trained on {'/'.join(m.upper() for m in trained)} only, not on "
-                            f"{modality.upper()}; expect unreliable masks")
-    return warnings
+_GROUP_CATEGORIES = {"vein": "vein", "vena": "vein", "artery": "artery", "vessel": "vessel", "muscle": "muscle",
+                     "bone": "bone"}
+_CATEGORY_WORDS = {
+    "vein": ("vein", "vena"), "artery": ("artery", "aorta", "trunk"),
+    "vessel": ("vein", "vena", "artery", "aorta", "trunk", "vessel"),
+    "muscle": ("muscle", "gluteus", "iliopsoas", "autochthon"),
+    "bone": ("bone", "femur", "humerus", "scapula", "clavicle", "hip", "sacrum", "sternum", "rib", "vertebrae",
+             "skull", "mandible", "tibia"),
+}
+_GROUP_REGIONS = {"abdominal": "abdomen", "abdomen": "abdomen", "thoracic": "thorax", "chest": "thorax",
+                  "thorax": "thorax", "pelvic": "pelvis", "pelvis": "pelvis", "neck": "head and neck",
+                  "head and neck": "head and neck", "brain": "brain", "cerebral": "brain", "intracranial": "brain",
+                  "spinal": "spine", "upper limb": "upper limb", "arm": "upper limb", "lower limb": "lower limb",
+                  "leg": "lower limb"}
 
 
-def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False) -> Resolution:
+def _in_category(name: str, category: str) -> bool:
+    words = name.split()
+    return any(w in _CATEGORY_WORDS[category] for w in words) and not name.startswith(("head of", "costal"))
+
+
+@lru_cache(maxsize=len(MODALITIES) + 1)
+def _resolver(modality: str | None) -> _Resolver:
+    return _Resolver(load(), modality)
+
+
+@lru_cache(maxsize=1)
+def _speller() -> Speller:
+    v = load()
+    known = {w for keys in (v.term_by_key, v.aliases, v.ambiguous, v.adjectives) for key in keys for w in key.split()}
+    known |= {canonical(w) for w in _context.WORDS} | set(_findings.FINDING_WORDS) | set(_findings.MODIFIERS)
+    known |= set(_findings.LINKS) | set(_EXTRA_KNOWN) | set(_GROUP_REGIONS) | set(_GROUP_CATEGORIES)
+    return Speller(known)
+
+
+def _resolved(parts) -> bool:
+    return all(isinstance(found, (_Match, _Ambiguous)) for _, found in parts)
+
+
+def _upper(modality: str) -> str:
+    return "/".join(m.upper() for m in modality.split("+"))
+
+
+@dataclass
+class _Reading:
+    parts: list
+    modality: str | None
+    context: list[str] = field(default_factory=list)
+    corrections: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+
+
+def _read(text: str, modality: str | None, prompt: str) -> _Reading:
+    """Match the prompt as typed; else correct, set context aside and match what is left (or refuse)."""
+    parts = _resolver(modality).prompt(text)
+    if _resolved(parts):
+        return _Reading(parts, modality)
+    words = _context.words_of(text)
+    reading = _Reading(parts, modality)
+    named = _context.named_modalities(words)
+    if named:
+        modality = _check_named_modality(named, modality, prompt)
+        if modality != reading.modality:
+            reading.steps.append(f"modality {modality.upper()} taken from the prompt")
+        reading.modality = modality
+    speller = _speller()
+    for word in words:
+        if word.label != _context.CONTENT or word.canon in speller.known or word.text in speller.known:
+            continue
+        candidates = _candidates(speller, word)
+        if len(candidates) == 1:
+            reading.corrections.append(f"{word.text!r} → {candidates[0]!r}")
+            word.text = word.canon = candidates[0]
+        elif len(candidates) > 1:
+            shown = " or ".join(repr(c) for c in candidates[:5])
+            options = tuple(dict.fromkeys(
+                _suggest_for(text.lower().replace(word.text, c), modality)[0][0] for c in candidates[:5]))
+            raise PromptResolutionError(
+                f"{word.text!r} in {prompt!r} is not a known word and could be {shown}; write the one you mean",
+                prompt=prompt, suggestions=options, steps=tuple(reading.steps))
+    if reading.corrections:
+        _context.label(words)
+        reading.steps += [f"corrected {c}" for c in reading.corrections]
+    resolver = _resolver(modality)
+    tried = {text}
+    kept, aside = text, []
+    for regions in (False, True):
+        kept, aside = _context.set_aside(words, regions)
+        if not kept.strip():
+            break
+        if kept in tried and modality == reading.modality and not reading.corrections:
+            continue
+        tried.add(kept)
+        parts = resolver.prompt(kept)
+        if _resolved(parts):
+            break
+    reading.parts = parts
+    reading.context = [f"{label}: {phrase!r}" for label, phrase in aside]
+    reading.steps[len(reading.corrections) and 0:0] = []
+    reading.steps += [f"set aside {c}" for c in reading.context]
+    if not kept.strip():
+        reading.parts = [(text, None)]
+    return reading
+
+
+def _candidates(speller: Speller, word: _context.Word) -> list[str]:
+    """Known words close to an unknown word, as typed or else in singular; an adjective and its organ noun
+    ("duodenal", "duodenum") count once, as the noun."""
+    candidates = speller.candidates(word.text) or speller.candidates(word.canon)
+    adjectives = load().adjectives
+    nouns = {c: adjectives.get(c, c) for c in candidates}
+    return [c for c in candidates if nouns[c] == c or nouns[c] not in candidates]
+
+
+def _check_named_modality(named: list[tuple[str, str]], modality: str | None, prompt: str) -> str | None:
+    """The scan's modality, after checking the modalities the prompt names against it."""
+    if modality is not None:
+        for word, names in named:
+            if modality not in names.split("+"):
+                raise PromptResolutionError(
+                    f"{prompt!r} names {_upper(names)} ({word!r}) but the scan's modality is {modality.upper()}; "
+                    f"drop {word!r} from the prompt or give --modality {names.split('+')[0]}", prompt=prompt)
+        return modality
+    values = {names for _, names in named}
+    if len(values) == 1 and "+" not in next(iter(values)):
+        return next(iter(values))
+    return None
+
+
+def _modality_check(terms: tuple[str, ...], modality: str | None, vocabulary: Vocabulary, allow: bool,
+                    prompt: str, steps: list[str]) -> list[str]:
+    untrained = [t for t in terms if modality is not None and modality not in vocabulary.modalities_of(t)]
+    if not untrained:
+        return []
+    said = "; ".join(f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, "
+                     f"not on {modality.upper()}" for t in untrained)
+    if not allow:
+        options = tuple(s for s in suggest(untrained[0], k=10, modality=modality)
+                        if modality in vocabulary.modalities_of(s))[:5]
+        raise PromptResolutionError(
+            f"{said}: its mask would be unreliable, so it is refused (pass --allow-untrained-modality to run it "
+            "anyway)", prompt=prompt, suggestions=options, untrained_modality=True, steps=tuple(steps))
+    return [f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, not on "
+            f"{modality.upper()}; expect unreliable masks (run with --allow-untrained-modality)" for t in untrained]
+
+
+def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False,
+            allow_untrained_modality: bool = False) -> Resolution:
     """Resolve a user prompt to trained SAT term names.
 
-    ``modality`` (any spelling :func:`normalize_modality` accepts) only adds warnings for terms not trained on
-    it. ``free_text`` sends the prompt unchanged (with a warning unless it is a trained term). Raises
-    :class:`PromptResolutionError` (a :class:`~satseg.errors.PromptError`) when nothing or two structures match.
+    ``modality`` (any spelling :func:`normalize_modality` accepts): a term not trained on it is refused with the
+    modalities it was trained on, unless ``allow_untrained_modality`` (then it resolves with a warning); a
+    modality named in the prompt must agree with it. ``free_text`` sends the prompt unchanged (with a warning
+    unless it is a trained term). Raises :class:`PromptResolutionError` (a :class:`~satseg.errors.PromptError`)
+    when nothing, only part of the prompt, or two structures match.
     """
     vocabulary = load()
     modality = normalize_modality(modality) if modality else None
@@ -269,35 +565,62 @@ def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False
             f"free text {text!r} is sent to the text encoder unchanged; the released SAT models only know their "
             f"{len(vocabulary.terms)} trained terms, so the mask may be meaningless"]
         if is_term:
-            warnings += _modality_warnings((vocabulary.term_by_key[phrase_key(text)],), modality, vocabulary)
+            warnings += _modality_check((vocabulary.term_by_key[phrase_key(text)],), modality, vocabulary,
+                                        allow_untrained_modality, str(prompt), [])
         return Resolution(str(prompt), (text,), "free-text", modality, tuple(warnings),
-                          f"{text!r} sent as given (--free-text)")
-    resolver = _Resolver(vocabulary)
-    parts = resolver.prompt(text)
-    for phrase, found in parts:
-        if found is None:
-            suggestions = tuple(suggest(phrase, k=5, modality=modality))
-            where = f" in {text!r}" if phrase != text else ""
-            raise PromptResolutionError(
-                f"{phrase!r}{where} is not a trained term or known synonym; did you mean: {', '.join(suggestions)}? "
-                "(list terms with 'satseg terms', or pass --free-text)", prompt=str(prompt), suggestions=suggestions)
+                          f"{text!r} sent as given (--free-text)", steps=("sent as given (--free-text)",))
+    reading = _read(text, modality, str(prompt))
+    steps = list(reading.steps)
+    for phrase, found in reading.parts:
+        if found is None or isinstance(found, _Refusal):
+            _refuse(phrase, found, text, reading, str(prompt))
         if isinstance(found, _Ambiguous):
             options = " or ".join(repr(o) for o in found.options)
             raise PromptResolutionError(
                 f"{phrase!r} is ambiguous: it may mean {options}; use one of these",
-                prompt=str(prompt), suggestions=found.options, ambiguous=True)
+                prompt=str(prompt), suggestions=found.options, ambiguous=True, steps=tuple(steps))
+    parts = reading.parts
     terms = tuple(dict.fromkeys(t for _, found in parts for t in found.terms))
+    steps += [f"{phrase!r} → {', '.join(found.terms)} ({found.how})" for phrase, found in parts]
     if len(parts) == 1:
-        method, how = parts[0][1].method, parts[0][1].how
-        explanation = f"{text!r} → {', '.join(terms)} ({how})"
+        method = parts[0][1].method
     else:
         method = "composition"
-        explanation = f"{text!r} = union of " + "; ".join(
-            f"{phrase!r} → {', '.join(found.terms)} ({found.how})" for phrase, found in parts)
-    if len(terms) > 1:
+    if len(terms) > 1 and method != "finding":
         method = "composition"
-    warnings = _modality_warnings(terms, modality, vocabulary)
-    return Resolution(str(prompt), terms, method, modality, tuple(warnings), explanation)
+    prefix = "".join(f"{s}; " for s in reading.steps)
+    if len(parts) == 1:
+        explanation = f"{text!r} → {', '.join(terms)} ({prefix}{parts[0][1].how})"
+    else:
+        explanation = f"{text!r} = {prefix}union of " + "; ".join(
+            f"{phrase!r} → {', '.join(found.terms)} ({found.how})" for phrase, found in parts)
+    warnings = _modality_check(terms, reading.modality, vocabulary, allow_untrained_modality, str(prompt), steps)
+    return Resolution(str(prompt), terms, method, reading.modality, tuple(warnings), explanation,
+                      tuple(reading.context), tuple(reading.corrections), tuple(steps))
+
+
+def _refuse(phrase: str, found: _Refusal | None, text: str, reading: _Reading, prompt: str) -> None:
+    if isinstance(found, _Refusal):
+        raise PromptResolutionError(found.message, prompt=prompt, suggestions=found.suggestions[:5],
+                                    steps=tuple(reading.steps))
+    suggestions, leftover = _suggest_for(phrase, reading.modality)
+    where = f" in {text!r}" if phrase != text else ""
+    unread = f" ({', '.join(repr(w) for w in leftover)} not understood)" if leftover else ""
+    raise PromptResolutionError(
+        f"{phrase!r}{where} is not a trained term or known synonym{unread}; did you mean: {', '.join(suggestions)}? "
+        "(list terms with 'satseg terms', or pass --free-text)", prompt=prompt, suggestions=suggestions,
+        steps=tuple(reading.steps))
+
+
+def _suggest_for(phrase: str, modality: str | None) -> tuple[tuple[str, ...], list[str]]:
+    """Suggestions for an unresolved phrase (read with its word forms) and the words no term or alias uses."""
+    v = load()
+    words = tokens(phrase)
+    mapped = [v.adjectives.get(w, w) for w in words if w not in _findings.LINKS]
+    known = _speller().known
+    leftover = [w for w in words if w not in known and not w.isdigit()]
+    query = " ".join(mapped) or phrase
+    return tuple(suggest(query, k=5, modality=modality)), leftover
 
 
 def suggest(prompt: str, k: int = 5, modality: str | None = None) -> list[str]:

@@ -1,0 +1,232 @@
+"""The words around a structure name that are not the structure: imaging, task, region context and filler.
+
+A prompt such as "Pancreas in contrast-enhanced abdominal CT" is read as words, each labelled from a small
+lexicon (multi-word entries first, longest first):
+
+- ``modality``: imaging modality and sequence words (``ct``, ``t2-weighted``, ``flair``, ``contrast-enhanced``,
+  ``pet/ct``); those that name a modality are kept so that a contradiction with ``--modality`` can be refused;
+- ``imaging``: ``scan``, ``image``, ``series``, ``axial`` …;
+- ``task``: ``segment``, ``delineation``, ``contour``, ``boundaries``, ``mask``, ``segmentation target``,
+  ``visualized``, ``identified`` …;
+- ``filler``: articles, possessives, ``please``, ``entire`` …;
+- ``preposition``: set aside only where it introduces or follows words that are set aside ("on CT");
+- ``region``: body-region words (``abdominal``, ``chest``, ``head and neck``, ``whole-body``), set aside only in
+  the second pass and only as a phrase introduced by a preposition ("in the abdomen", "of the thoracic cavity")
+  or directly before imaging words ("abdominal CT") — never in front of a structure ("thoracic aorta" keeps
+  "thoracic", and is refused when no such term is trained).
+
+:func:`set_aside` returns the words kept (as text for the resolver) and what was set aside, per pass. Nothing
+here decides what a structure is; the resolver must still match every kept word.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from satseg.vocabulary._text import canonical, light
+
+MODALITY, IMAGING, TASK, FILLER, PREPOSITION, REGION, SEPARATOR, CONTENT = (
+    "modality", "imaging", "task", "filler", "preposition", "region", "separator", "content")
+SET_ASIDE = frozenset({MODALITY, IMAGING, TASK, FILLER})
+
+# phrase (canonical words) → modality it names ("" for sequence/contrast words that name none).
+_MODALITY_PHRASES = {
+    "ct": "ct", "cta": "ct", "cect": "ct", "ncct": "ct", "hrct": "ct", "cbct": "ct", "ctpa": "ct", "mdct": "ct",
+    "computed tomography": "ct", "computerized tomography": "ct", "computerised tomography": "ct", "cat": "ct",
+    "mri": "mri", "mr": "mri", "mra": "mri", "cmr": "mri", "magnetic resonance": "mri", "t1w": "mri",
+    "t2w": "mri", "t1c": "mri", "t1ce": "mri", "t1gd": "mri", "t1wi": "mri", "t2wi": "mri", "flair": "mri",
+    "dwi": "mri", "adc": "mri", "swi": "mri", "dixon": "mri", "stir": "mri", "mprage": "mri", "cine": "mri",
+    "lge": "mri", "late gadolinium enhancement": "mri", "gadolinium": "mri", "gd": "mri", "bssfp": "mri",
+    "ssfp": "mri", "diffusion weighted": "mri", "diffusion": "mri", "proton density": "mri", "t2 star": "mri",
+    "pet": "pet", "petct": "pet+ct", "petmr": "pet+mri", "fdg": "pet", "psma": "pet", "suv": "pet",
+    "positron emission tomography": "pet", "dotatate": "pet",
+    "contrast": "", "contrast enhanced": "", "enhanced": "", "non contrast": "", "noncontrast": "",
+    "unenhanced": "", "nonenhanced": "", "non enhanced": "", "post contrast": "", "pre contrast": "",
+    "postcontrast": "", "precontrast": "", "iv contrast": "", "intravenous contrast": "", "ce": "",
+    "arterial phase": "", "venous phase": "", "portal venous phase": "", "portal phase": "", "delayed phase": "",
+    "nephrographic phase": "", "phase": "", "native": "", "low dose": "", "dual energy": "", "multiphase": "",
+    "weighted": "", "fat suppressed": "", "fat saturated": "", "fat sat": "", "avid": "",
+    "t1 weighted": "mri", "t2 weighted": "mri",
+}
+# "t1"/"t2" are also vertebrae: a sequence only next to one of these words.
+_SEQUENCE_NEIGHBOURS = frozenset({"weighted", "w", "mri", "mr", "sequence", "image", "imaging", "scan", "contrast",
+                                  "post", "pre", "fs", "fat", "map", "signal", "hyperintense", "hypointense"})
+_SEQUENCE_BEFORE = frozenset({"on", "in", "using", "from", "with"})
+_IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", "view", "acquisition", "exam",
+            "examination", "volume", "dataset", "data", "modality", "cross sectional", "axial", "coronal",
+            "sagittal", "3d", "3 d", "three dimensional", "volumetric", "tomogram", "film", "picture", "protocol",
+            "tomography", "scanner", "reconstruction", "window")
+_TASK = (
+    "segment", "segmentation", "segmented", "segmenting", "delineate", "delineation", "delineated", "delineating",
+    "contour", "contouring", "contoured", "outline", "outlining", "outlined", "boundary", "border", "margin",
+    "mask", "label", "labeling", "labelling", "labeled", "labelled", "annotation", "annotate", "annotated",
+    "target", "segmentation target", "roi", "voi", "region of interest", "volume of interest",
+    "structure of interest", "organ at risk", "extract", "extraction", "identify", "identification", "identified",
+    "locate", "localize", "localise", "localization", "localisation", "localized", "detect", "detection",
+    "detected", "find", "show", "showing", "shown", "highlight", "highlighting", "mark", "visualize",
+    "visualise", "visualization", "visualisation", "visualized", "visualised", "depict", "depicted", "depicting",
+    "seen", "visible", "demonstrated", "captured", "imaged", "appearing", "observed", "as seen", "as shown",
+    "as visualized", "as depicted", "please", "i want", "i need", "i would like", "give me", "get", "generate",
+    "create", "produce", "draw", "auto", "automatic", "automated", "autosegment", "auto segment", "want", "need",
+    "obtain", "compute", "quantify", "can you", "could you", "would you", "for me", "task", "prompt", "class",
+    "structure", "anatomy", "anatomical", "anatomic", "located", "situated", "lying", "delimit", "predict",
+    "prediction", "map", "mapping", "evaluate", "evaluation", "assess", "assessment", "of interest",
+)
+_FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
+           "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",
+           "full", "only", "just", "here", "there", "is", "are", "be", "which", "normal", "overall", "each",
+           "every", "respective", "corresponding", "given")
+_PREPOSITIONS = ("in", "on", "of", "from", "within", "at", "using", "with", "for", "by", "via", "into", "across",
+                 "inside", "throughout", "over", "as", "to", "through")
+_REGIONS = ("abdomen", "abdominal", "abdominopelvic", "chest", "thorax", "thoracic", "pelvis", "pelvic", "head",
+            "neck", "head and neck", "brain", "cranial", "intracranial", "whole body", "body", "torso", "limb",
+            "extremity", "lower limb", "upper limb", "leg", "arm", "cardiac", "spine", "spinal", "lumbar",
+            "cervical", "mediastinum", "mediastinal", "retroperitoneum", "retroperitoneal", "upper abdomen",
+            "lower abdomen", "region", "area", "cavity", "compartment", "thoracic cavity", "abdominal cavity",
+            "pelvic cavity", "neuro", "musculoskeletal", "msk", "cardiothoracic", "thoracoabdominal")
+
+_LEXICON: dict[tuple[str, ...], tuple[str, str | None]] = {}
+for _phrase, _named in _MODALITY_PHRASES.items():
+    _LEXICON[tuple(_phrase.split())] = (MODALITY, _named)
+for _label, _phrases in ((IMAGING, _IMAGING), (TASK, _TASK), (FILLER, _FILLER), (PREPOSITION, _PREPOSITIONS),
+                         (REGION, _REGIONS)):
+    for _phrase in _phrases:
+        _LEXICON.setdefault(tuple(canonical(w) for w in _phrase.split()), (_label, None))
+_LONGEST = max(len(k) for k in _LEXICON)
+WORDS = frozenset(w for k in _LEXICON for w in k) | {"t1", "t2"}
+
+_BOUNDARY_WORDS = frozenset({"and", "or", "plus"})
+_TOKEN = re.compile(r"[a-z0-9]+|[,;+&/]")
+_COMPOUNDS = [(re.compile(p), r) for p, r in (
+    (r"\bpet\s*[/-]?\s*ct\b", "petct"), (r"\bpet\s*[/-]?\s*mri?\b", "petmr"), (r"\bt2\s*\*", "t2 star"),
+    (r"\b(\w+)'s\b", r"\1"), (r"(?<=[a-z]{3})\s*/\s*(?=[a-z]{3})", " / "),
+)]
+
+
+@dataclass
+class Word:
+    text: str  # as typed (lower case), or the correction
+    canon: str  # canonical form used for labels
+    label: str = CONTENT
+    names: str | None = None  # modality this word names ("ct", "mri", "pet", "pet+ct"), if any
+
+
+def words_of(text: str) -> list[Word]:
+    """The prompt as labelled words and separators (``,`` ``;`` ``+`` ``&`` ``/``)."""
+    s = light(text)
+    for pattern, replacement in _COMPOUNDS:
+        s = pattern.sub(replacement, s)
+    out = [Word(t, t if not t.isalpha() else canonical(t)) for t in _TOKEN.findall(s)]
+    label(out)
+    return out
+
+
+def label(words: list[Word]) -> None:
+    """Label each word in place (longest lexicon phrase first)."""
+    i = 0
+    while i < len(words):
+        if words[i].text in ",;+&/":
+            words[i].label = SEPARATOR
+            i += 1
+            continue
+        for n in range(min(_LONGEST, len(words) - i), 0, -1):
+            found = _LEXICON.get(tuple(w.canon for w in words[i:i + n]))
+            if found is not None:
+                for w in words[i:i + n]:
+                    w.label, w.names = found
+                i += n
+                break
+        else:
+            words[i].label = CONTENT
+            i += 1
+    for i, w in enumerate(words):  # "segment 4" (of the liver) is a structure, not the task
+        if w.canon == "segment" and i + 1 < len(words) and words[i + 1].canon.isdigit():
+            w.label, w.names = CONTENT, None
+    for i, w in enumerate(words):  # "t1"/"t2": a sequence only next to a sequence word
+        if w.canon in ("t1", "t2") and w.label == CONTENT:
+            after = words[i + 1].canon if i + 1 < len(words) else ""
+            before = words[i - 1].canon if i > 0 else ""
+            if after in _SEQUENCE_NEIGHBOURS or (before in _SEQUENCE_BEFORE and i == len(words) - 1):
+                w.label, w.names = MODALITY, "mri"
+
+
+def _is_boundary(word: Word) -> bool:
+    return word.label == SEPARATOR or (word.label == CONTENT and word.canon in _BOUNDARY_WORDS)
+
+
+def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, str]]]:
+    """(text of the kept words, [(label, words set aside)]) for one pass; ``regions`` also sets aside region
+    phrases introduced by a preposition or followed by imaging words."""
+    drop = [w.label in SET_ASIDE for w in words]
+    n = len(words)
+    if regions:
+        for i, w in enumerate(words):
+            if w.label != PREPOSITION:
+                continue
+            j = i + 1
+            while j < n and not _is_boundary(words[j]) and words[j].label != PREPOSITION:
+                j += 1
+            chunk = range(i + 1, j)
+            if not chunk:
+                continue
+            only_regions = all(words[k].label in (REGION, FILLER) for k in chunk)
+            ends_with_imaging = words[j - 1].label in (MODALITY, IMAGING) and any(
+                words[k].label in (REGION, CONTENT) for k in chunk)
+            if only_regions and any(words[k].label == REGION for k in chunk) or ends_with_imaging:
+                for k in range(i, j):
+                    drop[k] = True
+        i = 0
+        while i < n:  # "abdominal CT", "chest scan": region words right before imaging words
+            j = i
+            while j < n and words[j].label == REGION:
+                j += 1
+            if j > i and j < n and words[j].label in (MODALITY, IMAGING):
+                for k in range(i, j):
+                    drop[k] = True
+            i = max(j, i + 1)
+    _drop_dangling_prepositions(words, drop)
+    kept = " ".join(w.text for w, d in zip(words, drop) if not d)
+    aside, run = [], []
+    for w, d in zip(words, drop):
+        if d:
+            run.append(w)
+        elif run:
+            aside.append(run)
+            run = []
+    if run:
+        aside.append(run)
+    return kept, [(_run_label(r), " ".join(w.text for w in r)) for r in aside]
+
+
+def _run_label(run: list[Word]) -> str:
+    labels = [w.label for w in run if w.label not in (PREPOSITION, FILLER)] or [run[0].label]
+    for wanted in (MODALITY, REGION, TASK, IMAGING):
+        if wanted in labels:
+            return wanted
+    return labels[0] if labels[0] != CONTENT else REGION
+
+
+def _drop_dangling_prepositions(words: list[Word], drop: list[bool]) -> None:
+    """A preposition with only set-aside words between it and the phrase's start or end goes too."""
+    n = len(words)
+    for i, w in enumerate(words):
+        if w.label != PREPOSITION or drop[i]:
+            continue
+        j = i + 1
+        while j < n and not _is_boundary(words[j]) and (drop[j] or words[j].label == PREPOSITION):
+            j += 1
+        after_empty = j == n or _is_boundary(words[j])
+        k = i - 1
+        while k >= 0 and not _is_boundary(words[k]) and (drop[k] or words[k].label == PREPOSITION):
+            k -= 1
+        before_empty = k < 0 or _is_boundary(words[k])
+        if after_empty or before_empty:
+            drop[i] = True
+            for m in range(i + 1, j):
+                drop[m] = True
+
+
+def named_modalities(words: list[Word]) -> list[tuple[str, str]]:
+    """(word, modality) for each word that names an imaging modality."""
+    return [(w.text, w.names) for w in words if w.label == MODALITY and w.names]

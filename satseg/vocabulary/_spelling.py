@@ -1,0 +1,59 @@
+"""Misspelled words: a word the vocabulary does not know, within edit distance 1 (2 for words of 8+ letters) of
+exactly one word it knows, is corrected; two or more such words → the caller refuses, naming them.
+
+Distances are Damerau–Levenshtein with adjacent transpositions ("pancraes" → "pancreas" is one edit). Candidates
+are found with a symmetric-deletion index (every known word with up to two letters deleted), built once on first
+use, so a look-up costs a few dictionary probes rather than a pass over the vocabulary.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+MIN_LENGTH = 4  # shorter words (abbreviations, "l4") are never corrected
+LONG_WORD = 8
+
+
+def max_distance(word: str) -> int:
+    return 2 if len(word) >= LONG_WORD else 1
+
+
+def _deletions(word: str, depth: int) -> set[str]:
+    out = {word}
+    for n in range(1, min(depth, len(word) - 1) + 1):
+        for gone in combinations(range(len(word)), n):
+            out.add("".join(c for i, c in enumerate(word) if i not in gone))
+    return out
+
+
+def distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (insert, delete, substitute, swap two neighbours)."""
+    previous2, previous = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[len(b)]
+
+
+class Speller:
+    """Corrections against a fixed set of known words."""
+
+    def __init__(self, known: set[str]):
+        self.known = frozenset(known)
+        self.index: dict[str, list[str]] = {}
+        for word in sorted(w for w in known if w.isalpha() and len(w) >= MIN_LENGTH - 1):
+            for deleted in _deletions(word, 2):
+                self.index.setdefault(deleted, []).append(word)
+
+    def candidates(self, word: str) -> list[str]:
+        """Known words within the allowed distance of an unknown ``word`` (empty for short or known words)."""
+        if word in self.known or not word.isalpha() or len(word) < MIN_LENGTH:
+            return []
+        limit = max_distance(word)
+        seen = {c for d in _deletions(word, limit) for c in self.index.get(d, ())}
+        return sorted(c for c in seen if distance(word, c) <= limit)
