@@ -30,12 +30,15 @@ _KILL_AT_RENAME = textwrap.dedent(
     import os, signal, sys
 
     target, kill_at = os.path.realpath(sys.argv[1]), int(sys.argv[2])
+    interrupt = os.environ.get("SATSEG_TEST_INTERRUPT") == "1"  # Ctrl-C there instead of SIGKILL
     seen = [0]
 
     def hook(event, args):
         if event == "os.rename" and os.path.dirname(os.path.realpath(os.fsdecode(args[1]))) == target:
             seen[0] += 1
             if seen[0] == kill_at:
+                if interrupt:
+                    raise KeyboardInterrupt
                 os.kill(os.getpid(), signal.SIGKILL)
 
     sys.addaudithook(hook)
@@ -69,7 +72,9 @@ def batch_args(scan: Path, out: Path) -> list[str]:
     return args
 
 
-def run_killed(env, case_dir: Path, kill_at: int, args: list[str]) -> subprocess.CompletedProcess:
+def run_killed(env, case_dir: Path, kill_at: int, args: list[str], interrupt: bool = False
+               ) -> subprocess.CompletedProcess:
+    env = dict(env, SATSEG_TEST_INTERRUPT="1" if interrupt else "0")
     return subprocess.run([sys.executable, "-c", _KILL_AT_RENAME, str(case_dir), str(kill_at), *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -175,19 +180,81 @@ def test_batch_redoes_a_case_when_the_outputs_asked_for_change(env, scans, tmp_p
     assert (out / "scan" / "segmentation.nii.gz").exists()
 
 
+def test_an_interrupt_in_the_middle_of_the_switch_keeps_what_the_next_run_needs_to_finish_it(
+    env, scans, reference, tmp_path
+):
+    out = tmp_path / "out"
+    case = out / "scan"
+    assert run_cli(*batch_args(scans[0], out), env=env).returncode == 0
+    stopped = run_killed(env, case, 3, batch_args(scans[1], out), interrupt=True)  # Ctrl-C, cleanup code runs
+    assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
+    journal = json.loads((case / JOURNAL).read_text())
+    assert (case / journal["staging"]).is_dir()  # not cleaned up: the journal needs it
+    assert recover_folder(case)
+    assert contents(case) == reference["b"] and is_complete(case)
+
+
 def test_a_new_scan_retires_the_earlier_scans_other_outputs(env, scans, tmp_path):
     out = tmp_path / "out"
     case = out / "scan"
-    first = run_cli("batch", str(scans[0]), "-o", str(out), "--model", "tiny-test", "-p", "liver", "-p", "spleen",
-                    env=env)
-    assert first.returncode == 0
-    second = run_cli("batch", str(scans[1]), "-o", str(out), "--model", "tiny-test", "-p", "liver", env=env)
-    assert second.returncode == 0
-    assert sorted(contents(case)) == ["liver.nii.gz"]  # no spleen mask of the other scan left beside it
-    # the same scan with another prompt keeps what it made before
-    third = run_cli("batch", str(scans[1]), "-o", str(out), "--model", "tiny-test", "-p", "spleen", env=env)
-    assert third.returncode == 0
-    assert sorted(contents(case)) == ["liver.nii.gz", "spleen.nii.gz"]
+
+    def run(scan, *prompts, extra=()):
+        args = ["batch", str(scan), "-o", str(out), "--model", "tiny-test", *extra]
+        for prompt in prompts:
+            args += ["-p", prompt]
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+
+    run(scans[0], "liver", "spleen", extra=("--statistics",))
+    run(scans[0], "aorta")  # the same scan, read the same way: what it made before stays
+    assert sorted(contents(case)) == ["aorta.nii.gz", "liver.nii.gz", "spleen.nii.gz", "statistics.json"]
+    run(scans[1], "liver")  # another scan: nothing of the first one stays beside it, kept files included
+    assert sorted(contents(case)) == ["liver.nii.gz"]
+    run(scans[1], "spleen", extra=("--modality", "mri"))  # the same file read as another modality is another result
+    assert sorted(contents(case)) == ["spleen.nii.gz"]
+
+
+def test_a_planted_journal_cannot_touch_anything_outside_the_folder(tmp_path):
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (victim / "del.txt").write_text("keep me")
+    (victim / "keep.txt").write_text("keep me too")
+    (out / "link").symlink_to(victim)
+    staging = f"{STAGING_PREFIX}1-1-abcd-elsewhere"
+    (out / staging).mkdir()
+    for journal in (
+        {"staging": staging, "files": {}, "retire": ["link/del.txt", "../victim/del.txt", str(victim / "del.txt")],
+         "report": None, "marker": {}},
+        {"staging": staging, "files": {}, "retire": [],
+         "report": {"staged": "../../victim/keep.txt", "target": str(tmp_path / "stolen.txt")}, "marker": {}},
+        {"staging": staging, "files": {}, "retire": [],
+         "report": {"staged": ".report.json", "target": str(tmp_path / "stolen.txt")}, "marker": {}},
+        {"staging": "../victim", "files": {"x": {"size": 1, "sha256": "0" * 64}}, "retire": [], "marker": {}},
+        {"staging": staging, "files": ["not", "a", "dict"], "marker": {}},
+    ):
+        (out / JOURNAL).write_text(json.dumps(journal))
+        assert recover_folder(out)
+        assert not (out / JOURNAL).exists()
+    assert sorted(p.name for p in victim.iterdir()) == ["del.txt", "keep.txt"]
+    assert not (tmp_path / "stolen.txt").exists()
+
+
+def test_a_finished_file_rewritten_with_its_size_and_mtime_restored_is_not_trusted(env, scans, reference, tmp_path):
+    out = tmp_path / "out"
+    case = out / "scan"
+    assert run_cli(*batch_args(scans[0], out), env=env).returncode == 0
+    marker = json.loads((case / COMPLETE_MARKER).read_text())
+    request = marker["request"]
+    assert is_complete(case, request)
+    target = case / "liver.nii.gz"
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-9] ^= 0xFF  # one byte of the gzip trailer: same size
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    assert not is_complete(case, request)
 
 
 # --- staging folders --------------------------------------------------------------------------------------

@@ -234,3 +234,21 @@ def test_a_full_disk_names_the_output_folder(env, small_scan, tmp_path):
     assert len(lines) == 1 and str(out) in lines[0] and "File too large" in lines[0], done.stderr
     assert "Traceback" not in done.stderr
     assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+
+
+def test_names_that_differ_only_in_case_get_separate_folders(tmp_path):
+    for folder, name in (("a", "Case.nii.gz"), ("b", "case.nii.gz"), ("c", "CASE.nii.gz")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"")
+    cases = expand_inputs([str(tmp_path / "a" / "Case.nii.gz"), str(tmp_path / "b" / "case.nii.gz"),
+                           str(tmp_path / "c" / "CASE.nii.gz")])
+    folded = [c.name.casefold() for c in cases]
+    assert len(set(folded)) == 3
+
+
+def test_a_summary_cell_that_looks_like_markup_is_printed_as_text(env, small_scan, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": str(small_scan), "prompts": ["liver[/b]"], "case": "a[b]c"}) + "\n")
+    done = run_cli("batch", "--jobs", str(jobs), "-o", str(tmp_path / "out"), "--model", "tiny-test", env=env)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "a[b]c" in done.stderr

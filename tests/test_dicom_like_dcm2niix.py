@@ -405,3 +405,26 @@ def test_series_dicom2nifti_refuses_is_read_by_simpleitk_with_the_same_codes(ct_
         theirs = nib.as_closest_canonical(reference)
         np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-4)
         np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+
+
+def test_enhanced_ct_and_its_classic_series_give_identical_masks_with_the_same_weights(
+    ct_datasets, ct_dir, tmp_path_factory, mpnet_dir
+):
+    from pipeline_helpers import run_cli, tiny_model_env
+
+    root = tmp_path_factory.mktemp("enhanced-masks")
+    env = tiny_model_env(root / "home", mpnet_dir)
+    multi = enhanced(ct_datasets, root / "enhanced")
+    written = {}
+    for label, scan in (("classic", ct_dir), ("enhanced", multi)):
+        out = root / f"out-{label}"
+        done = run_cli(str(scan), "-p", "liver", "-p", "spleen", "-p", "aorta", "-o", str(out), "--model", "tiny-test",
+                       env=env)
+        assert done.returncode == 0, done.stderr
+        written[label] = {p.name: nib.load(p) for p in sorted(out.glob("*.nii.gz"))}
+    assert sorted(written["classic"]) == ["aorta.nii.gz", "liver.nii.gz", "spleen.nii.gz"]
+    for name, classic_mask in written["classic"].items():
+        enhanced_mask = written["enhanced"][name]
+        np.testing.assert_array_equal(np.asanyarray(enhanced_mask.dataobj), np.asanyarray(classic_mask.dataobj))
+        np.testing.assert_array_equal(enhanced_mask.affine, classic_mask.affine)
+    assert any(np.asanyarray(m.dataobj).any() for m in written["classic"].values())  # not trivially empty

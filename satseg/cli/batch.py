@@ -109,13 +109,13 @@ class _CohortRunner:
         orientation = case.orientation or self.orientation
         request = case_request(prompts=prompts, model=self.model, options=self.options, input_path=case.path,
                                modality=modality, orientation=orientation)
-        if not self.overwrite and case_dir.is_dir():
-            recover_folder(case_dir)  # finish a switch that a killed run left half done
-            if is_complete(case_dir, request):  # same request, every listed file there with its sha256
-                self._line(counter, case.name, "skipped", "already done", started)
-                return
         warnings = _WarningCollector(case.name)
         try:
+            if not self.overwrite and case_dir.is_dir():
+                recover_folder(case_dir)  # finish a switch that a killed run left half done
+                if is_complete(case_dir, request):  # same request, every listed file there with its sha256
+                    self._line(counter, case.name, "skipped", "already done", started)
+                    return
             with warnings:
                 scan_options = ScanOptions(modality=modality, orientation=orientation)
                 prepared = prepare_case(case.path, prompts, scan_options, self.prompt_options)
@@ -155,6 +155,7 @@ class _CohortRunner:
 
     def summary(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         counts = {s: sum(1 for r in self.rows if r[1] == s) for s in ("done", "skipped", "failed")}
@@ -164,7 +165,7 @@ class _CohortRunner:
         for column in ("case", "status", "detail", "time", "warnings"):
             table.add_column(column, overflow="fold")
         for row in self.rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))  # prompts and names are text, not markup
         Console(stderr=True, width=None if sys.stderr.isatty() else 200).print(table)
 
 

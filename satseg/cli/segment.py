@@ -68,6 +68,10 @@ def segment(
     # touched: options first, then the output folder, then the scan and the prompts.
     check_model_name(model, device=device, precision=precision)
     check_output_dir(out)
+    if report is not None and (report if report.is_absolute() else out / report).is_dir():
+        from satseg.errors import InputError
+
+        raise InputError(f"--report {report} is a folder; give the path of the JSON file to write")
     scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
     prompt_options = PromptOptions(free_text=free_text)
     stage(f"reading {scan}")

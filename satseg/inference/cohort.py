@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,7 +142,8 @@ def read_jobs(path: Path) -> list[Case]:
             raise InputError(f"{where}: \"prompts\" must be a list of strings")
         name = job.get("case")
         if name is not None and name != "":
-            if not isinstance(name, (str, int)) or safe_folder_name(str(name)) != str(name):
+            name = unicodedata.normalize("NFC", str(name)) if isinstance(name, (str, int)) else name
+            if not isinstance(name, str) or safe_folder_name(name) != name:
                 raise InputError(f"{where}: \"case\" must be a plain folder name (no '/', '\\', leading '.' or "
                                  f"control characters), got {name!r}")
             name = str(name)
@@ -153,20 +155,25 @@ def read_jobs(path: Path) -> list[Case]:
 
 
 def _unique(cases: list[Case]) -> list[Case]:
-    """Make case names unique by prefixing parent folder names where two scans share a name."""
+    """Make case names unique by prefixing parent folder names where two scans share a name.
+
+    Names are compared case-insensitively (``Case`` and ``case`` are one folder on macOS, Windows and exFAT)."""
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
     counts: dict[str, int] = {}
     for case in cases:
-        counts[case.name] = counts.get(case.name, 0) + 1
+        counts[key(case.name)] = counts.get(key(case.name), 0) + 1
     seen: set[str] = set()
     for case in cases:
-        if counts[case.name] > 1:
+        if counts[key(case.name)] > 1:
             parent = case.path.parent.name or "case"
             case.name = safe_folder_name(f"{parent}_{case.name}")
         base, k = case.name, 2
-        while case.name in seen:
+        while key(case.name) in seen:
             case.name = f"{base}_{k}"
             k += 1
-        seen.add(case.name)
+        seen.add(key(case.name))
     return cases
 
 

@@ -145,8 +145,8 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
 def _scan_series(folder: Path, where: str) -> dict[str, list]:
     """{SeriesInstanceUID: [(file, header), ...]} for every DICOM image file under ``folder``.
 
-    Files that are not DICOM (no 'DICM' marker) are skipped; a DICOM file whose header cannot be parsed is refused,
-    naming it (it may be a slice of the series, and leaving it out would leave a gap)."""
+    Files that are not DICOM (no 'DICM' marker) are skipped; a DICOM file whose header cannot be parsed is left out
+    with a warning naming it (a slice missing inside the series is then refused by the even-spacing check)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -163,8 +163,11 @@ def _scan_series(folder: Path, where: str) -> dict[str, list]:
             except InvalidDicomError:
                 continue
             except Exception as exc:  # noqa: BLE001 - pydicom's parser raises many types on damaged files
-                raise InputError(f"{where}: {_relative(file, folder)}: not a readable DICOM file ({_one_line(exc)})"
-                                 ) from exc
+                # Left out with a warning: if it was a slice inside the series, the even-spacing check refuses the
+                # series (naming the gap); a file of another series, or of none, does not stop the read.
+                log.warning("%s: %s is a DICOM file whose header cannot be read; left out (%s)", where,
+                            _relative(file, folder), _one_line(exc))
+                continue
             if "SeriesInstanceUID" in ds and ("Rows" in ds or _is_image_storage(ds)):
                 groups[str(ds.SeriesInstanceUID)].append((file, ds))
     return dict(groups)

@@ -391,16 +391,34 @@ def _available_memory() -> int | None:
             available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (AttributeError, ValueError, OSError):
             return None
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    for limit_file, usage_file, stat_file, cache_key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+         "inactive_file"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),  # v1
     ):
         try:
             limit = int(Path(limit_file).read_text())  # "max" (v2, no limit) is not a number
-            available = min(available, limit - int(Path(usage_file).read_text()))
+            usage = int(Path(usage_file).read_text())
         except (OSError, ValueError):
             continue
+        # the cgroup's usage counts the page cache of files it read and wrote; the inactive part is given back
+        # on demand, so it is memory this process can still have (as MemAvailable counts it for the host)
+        usage -= _cgroup_stat(stat_file).get(cache_key, 0)
+        available = min(available, limit - max(usage, 0))
     return available
+
+
+def _cgroup_stat(path: str) -> dict[str, int]:
+    stats = {}
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                stats[key] = int(value)
+    except OSError:
+        pass
+    return stats
 
 
 def _fmt_bytes(n_bytes: int) -> str:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from satseg.errors import InputError, SatsegError
 from satseg.io.atomic import write_text_atomic
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = ".satseg-complete.json"
 JOURNAL = ".satseg-commit.json"
 STAGING_PREFIX = ".satseg-staging-"
+REPORT_STAGED = ".report.json"
+"""Where a report bound for a path outside the folder waits in the staging folder."""
 MARKER_FORMAT = 2
 FOREIGN_STAGING_STALE_S = 24 * 3600
 """A staging folder of another host counts as abandoned when nothing in it changed for this long."""
@@ -110,7 +113,11 @@ def _make_output_dir(out_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``folder`` (flock on the folder itself; no lock file is left behind)."""
+    """An exclusive advisory lock on ``folder`` (flock on the folder itself; no lock file is left behind).
+
+    Where the filesystem has no such locks (some network filesystems) the switch runs unlocked: it is still
+    journalled, so a kill is recovered; only two hosts switching the same folder at the same moment are not
+    serialised."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks; switches are still journalled
@@ -118,7 +125,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("no lock on %s (%s): switching without one", folder, exc.strerror or exc)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -138,8 +148,13 @@ def _process_start(pid: int) -> int:
 
 
 def _host() -> str:
-    name = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())
-    return name[:64] or "host"
+    """This host's name, with the pid namespace where there is one (containers sharing a host name have their own
+    pids: a pid is only meaningful within its namespace)."""
+    name = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:64] or "host"
+    try:
+        return f"{name}.ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
 
 
 def _new_staging(out_dir: Path) -> Path:
@@ -232,6 +247,7 @@ def case_request(*, prompts: list[str], model: str, options: OutputOptions, inpu
 
 
 def _file_record(path: Path) -> dict:
+    """Size and sha256 of a file (what a finished folder promises about it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fobj:
         for chunk in iter(lambda: fobj.read(1 << 20), b""):
@@ -239,9 +255,23 @@ def _file_record(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def _with_identity(path: Path, record: dict) -> dict:
+    """``record`` plus the installed file's inode, mtime and ctime: while all are unchanged the file is the one
+    that was hashed (no process can set a ctime), so a skip check need not read it again."""
+    stat = os.lstat(path)
+    return dict(record, ino=stat.st_ino, mtime_ns=stat.st_mtime_ns, ctime_ns=stat.st_ctime_ns)
+
+
 def _matches(path: Path, record: dict) -> bool:
+    """``path`` is a regular file with the recorded content (the identity shortcut, else its sha256)."""
     try:
-        return path.is_file() and path.stat().st_size == record["size"] and _file_record(path) == record
+        stat = os.lstat(path)
+        if not S_ISREG(stat.st_mode) or stat.st_size != record["size"]:
+            return False
+        if (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns) == (record.get("ino"), record.get("mtime_ns"),
+                                                                 record.get("ctime_ns")):
+            return True
+        return _file_record(path) == {"size": record["size"], "sha256": record["sha256"]}
     except (OSError, KeyError, TypeError):
         return False
 
@@ -269,15 +299,41 @@ def is_complete(out_dir: Path, request: dict | None = None) -> bool:
     outputs = marker.get("outputs")
     if not isinstance(outputs, dict) or not outputs:
         return False
-    return all(_inside(out_dir, rel) and _matches(out_dir / rel, rec) for rel, rec in outputs.items())
+    return all(isinstance(rec, dict) and _within(out_dir, rel) and _matches(out_dir / rel, rec)
+               for rel, rec in outputs.items())
 
 
-def _inside(out_dir: Path, rel: str) -> bool:
-    parts = Path(rel).parts
-    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+def _within(out_dir: Path, rel) -> bool:
+    """``rel`` names a place inside ``out_dir`` reached without following a link (a journal or marker found in
+    the folder is data anyone with write access could have written: it must not reach anywhere else)."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return False
+    path = Path(rel)
+    if path.is_absolute() or any(part in ("..", ".", "") for part in rel.split("/")):
+        return False
+    folder = out_dir
+    for part in path.parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            return False
+    return True
 
 
 # -- the switch -------------------------------------------------------------------------------------------
+
+
+def _valid_journal(journal) -> bool:
+    if not isinstance(journal, dict):
+        return False
+    staging, files, retire = journal.get("staging"), journal.get("files"), journal.get("retire", [])
+    report, marker = journal.get("report"), journal.get("marker")
+    return (isinstance(staging, str) and staging.startswith(STAGING_PREFIX) and "/" not in staging
+            and "\\" not in staging and isinstance(files, dict) and isinstance(retire, list)
+            and all(isinstance(r, dict) and isinstance(r.get("size"), int) and isinstance(r.get("sha256"), str)
+                    for r in files.values())
+            and (report is None or (isinstance(report, dict) and report.get("staged") == REPORT_STAGED
+                                    and isinstance(report.get("target"), str)))
+            and isinstance(marker, dict))
 
 
 def recover(out_dir: Path) -> bool:
@@ -289,20 +345,19 @@ def recover(out_dir: Path) -> bool:
     journal = _read_json(out_dir / JOURNAL)
     if journal is None:
         return False
-    staging_name = journal.get("staging") if isinstance(journal, dict) else None
-    if not isinstance(staging_name, str) or not staging_name.startswith(STAGING_PREFIX) or "/" in staging_name:
+    if not _valid_journal(journal):
         log.warning("%s: unreadable switch record; the folder's result is not trusted and will be redone", out_dir)
         with contextlib.suppress(FileNotFoundError):
             (out_dir / COMPLETE_MARKER).unlink()
         (out_dir / JOURNAL).unlink()
         return True
-    _apply(out_dir, out_dir / staging_name, journal)
+    _apply(out_dir, out_dir / journal["staging"], journal, owner=False)
     return True
 
 
 def recover_folder(out_dir: Path) -> bool:
     """:func:`recover` under the folder's lock (for callers that only read the folder, such as ``batch``'s skip
-    check); nothing happens to a folder that does not exist."""
+    check); nothing happens to a folder without a journal."""
     out_dir = Path(out_dir)
     if not (out_dir / JOURNAL).exists():
         return False
@@ -310,49 +365,71 @@ def recover_folder(out_dir: Path) -> bool:
         return recover(out_dir)
 
 
-def _apply(out_dir: Path, staging: Path, journal: dict) -> None:
-    """Carry out a journal: retire, install, mark complete (each step can be repeated after a kill)."""
+def _apply(out_dir: Path, staging: Path, journal: dict, *, owner: bool) -> None:
+    """Carry out a journal: retire, install, mark complete (each step can be repeated after a kill).
+
+    A report bound for a path outside the folder is delivered by the run that made it (``owner``), never by a
+    recovering run: a journal is data that must not move files anywhere else."""
     with contextlib.suppress(FileNotFoundError):
         (out_dir / COMPLETE_MARKER).unlink()
     for rel in journal.get("retire", []):
-        if _inside(out_dir, rel):
+        if _within(out_dir, rel):
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 (out_dir / rel).unlink()
     installed = True
     for rel, record in journal["files"].items():
-        if not _inside(out_dir, rel):
+        if not _within(out_dir, rel):
             installed = False
             continue
         source, target = staging / rel, out_dir / rel
-        if source.exists():
+        if source.is_file() and not source.is_symlink():
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
         elif not _matches(target, record):  # neither staged nor in place: this switch cannot be finished
             installed = False
     report = journal.get("report")
-    if report and (staging / report["staged"]).exists():
+    if report and owner:
         target = Path(report["target"])
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging / report["staged"]), str(target))
+        shutil.move(str(staging / REPORT_STAGED), str(target))
+    elif report:
+        log.info("%s: the interrupted run's report for %s is not delivered", out_dir, report["target"])
     if installed:
-        write_text_atomic(out_dir / COMPLETE_MARKER, json.dumps(journal["marker"], indent=1))
+        marker = dict(journal["marker"])
+        marker["outputs"] = {rel: _with_identity(out_dir / rel, rec) for rel, rec in journal["files"].items()}
+        write_text_atomic(out_dir / COMPLETE_MARKER, json.dumps(marker, indent=1))
     else:
         log.warning("%s: an interrupted write could not be finished; the case is not marked done", out_dir)
     (out_dir / JOURNAL).unlink()
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _retired(out_dir: Path, request: dict, new_outputs: dict) -> list[str]:
-    """Earlier outputs to remove: those of a result made from another scan or model that the new one does not
-    rewrite (outputs of the same scan and model, for other prompts, stay)."""
+def _same_source(old: dict, new: dict) -> bool:
+    """Two requests read the same scan the same way with the same model (they may differ in prompts and outputs)."""
+    return all(old.get(key) == new.get(key) for key in ("input", "model", "modality", "orientation"))
+
+
+def _previous_outputs(out_dir: Path, request: dict, new_outputs: dict) -> tuple[list[str], dict]:
+    """(earlier outputs to remove, earlier outputs kept beside the new result).
+
+    Outputs of a result made from another scan, model or reading of the scan are removed unless the new result
+    rewrites them; those of the same scan and model (other prompts) stay, and the new marker remembers them so
+    that a later switch to another scan removes them too."""
     marker = _read_json(out_dir / COMPLETE_MARKER)
-    if not isinstance(marker, dict) or not isinstance(marker.get("outputs"), (dict, list)):
-        return []
-    old_request = marker.get("request") or {}
-    same_source = old_request.get("input") == request.get("input") and old_request.get("model") == request.get("model")
-    if same_source:
-        return []
-    return [rel for rel in marker["outputs"] if rel not in new_outputs and _inside(out_dir, rel)]
+    if not isinstance(marker, dict):
+        return [], {}
+    earlier = {}
+    for key in ("kept", "outputs"):
+        listed = marker.get(key)
+        if isinstance(listed, dict):
+            earlier.update(listed)
+        elif isinstance(listed, list):  # markers of earlier satseg versions
+            earlier.update({rel: {} for rel in listed if isinstance(rel, str)})
+    earlier = {rel: rec for rel, rec in earlier.items() if rel not in new_outputs and _within(out_dir, rel)}
+    old_request = marker.get("request")
+    if marker.get("format") == MARKER_FORMAT and isinstance(old_request, dict) and _same_source(old_request, request):
+        return [], earlier
+    return list(earlier), {}
 
 
 def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: dict | None = None,
@@ -406,24 +483,30 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
                     write_report(staging / target.name, content)  # part of the result, verified with it
                     written.append(target.name)
                 else:  # the user's own path elsewhere: moved there with the switch
-                    write_report(staging / ".report.json", content)
-                    report_entry = {"staged": ".report.json", "target": str(target.absolute())}
+                    write_report(staging / REPORT_STAGED, content)
+                    report_entry = {"staged": REPORT_STAGED, "target": str(target.absolute())}
             files = {rel: _file_record(staging / rel) for rel in written}
         except OSError as exc:
             raise _write_error(exc, out_dir) from exc
-        marker = {"format": MARKER_FORMAT, "request": request, "outputs": files, "written_at": time.time()}
         with _folder_lock(out_dir):
             recover(out_dir)  # another run may have been killed mid-switch meanwhile
-            journal = {"staging": staging.name, "files": files, "retire": _retired(out_dir, request, files),
-                       "report": report_entry, "marker": marker}
+            retire, kept = _previous_outputs(out_dir, request, files)
+            marker = {"format": MARKER_FORMAT, "request": request, "outputs": files, "kept": kept,
+                      "written_at": time.time()}
+            journal = {"staging": staging.name, "files": files, "retire": retire, "report": report_entry,
+                       "marker": marker}
             write_text_atomic(out_dir / JOURNAL, json.dumps(journal, indent=1))
-            _apply(out_dir, staging, journal)
+            _apply(out_dir, staging, journal, owner=True)
         final = [out_dir / rel for rel in written]
         if report_entry is not None:
             final.append(Path(report_entry["target"]))
         return final
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        journal = _read_json(out_dir / JOURNAL)
+        if not (isinstance(journal, dict) and journal.get("staging") == staging.name):
+            shutil.rmtree(staging, ignore_errors=True)
+        # else the switch was interrupted (Ctrl-C, an error part-way): its journal needs the staged files, and
+        # the next run into the folder finishes it
 
 
 def _write_error(exc: OSError, out_dir: Path) -> SatsegError:
