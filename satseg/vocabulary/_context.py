@@ -47,6 +47,8 @@ _MODALITY_PHRASES = {
     "arterial phase": "", "venous phase": "", "portal venous phase": "", "portal phase": "", "delayed phase": "",
     "nephrographic phase": "", "phase": "", "native": "", "low dose": "", "dual energy": "", "multiphase": "",
     "weighted": "", "fat suppressed": "", "fat saturated": "", "fat sat": "", "avid": "",
+    "angiography": "", "angiogram": "", "venography": "", "urography": "", "enterography": "", "colonography": "",
+    "perfusion": "", "mrcp": "mri", "mrv": "mri", "mrangiography": "mri", "ctangiography": "ct", "urogram": "",
     "t1 weighted": "mri", "t2 weighted": "mri",
 }
 # "t1"/"t2" are also vertebrae: a sequence only next to one of these words.
@@ -147,7 +149,8 @@ def label(words: list[Word]) -> None:
         if w.canon in ("t1", "t2") and w.label == CONTENT:
             after = words[i + 1].canon if i + 1 < len(words) else ""
             before = words[i - 1].canon if i > 0 else ""
-            if after in _SEQUENCE_NEIGHBOURS or (before in _SEQUENCE_BEFORE and i == len(words) - 1):
+            before_sequence = before in _SEQUENCE_BEFORE or (i > 0 and words[i - 1].label == MODALITY)
+            if after in _SEQUENCE_NEIGHBOURS or (before_sequence and i == len(words) - 1):
                 w.label, w.names = MODALITY, "mri"
 
 
@@ -159,32 +162,8 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
     """(text of the kept words, [(label, words set aside)]) for one pass; ``regions`` also sets aside region
     phrases introduced by a preposition or followed by imaging words."""
     drop = [w.label in SET_ASIDE for w in words]
-    n = len(words)
     if regions:
-        for i, w in enumerate(words):
-            if w.label != PREPOSITION:
-                continue
-            j = i + 1
-            while j < n and not _is_boundary(words[j]) and words[j].label != PREPOSITION:
-                j += 1
-            chunk = range(i + 1, j)
-            if not chunk:
-                continue
-            only_regions = all(words[k].label in (REGION, FILLER) for k in chunk)
-            ends_with_imaging = words[j - 1].label in (MODALITY, IMAGING) and any(
-                words[k].label in (REGION, CONTENT) for k in chunk)
-            if only_regions and any(words[k].label == REGION for k in chunk) or ends_with_imaging:
-                for k in range(i, j):
-                    drop[k] = True
-        i = 0
-        while i < n:  # "abdominal CT", "chest scan": region words right before imaging words
-            j = i
-            while j < n and words[j].label == REGION:
-                j += 1
-            if j > i and j < n and words[j].label in (MODALITY, IMAGING):
-                for k in range(i, j):
-                    drop[k] = True
-            i = max(j, i + 1)
+        _set_aside_regions(words, drop)
     _drop_dangling_prepositions(words, drop)
     kept = " ".join(w.text for w, d in zip(words, drop) if not d)
     aside, run = [], []
@@ -196,15 +175,66 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
             run = []
     if run:
         aside.append(run)
-    return kept, [(_run_label(r), " ".join(w.text for w in r)) for r in aside]
+    return kept, [group for r in aside for group in _groups(r)]
 
 
-def _run_label(run: list[Word]) -> str:
-    labels = [w.label for w in run if w.label not in (PREPOSITION, FILLER)] or [run[0].label]
-    for wanted in (MODALITY, REGION, TASK, IMAGING):
-        if wanted in labels:
-            return wanted
-    return labels[0] if labels[0] != CONTENT else REGION
+def _set_aside_regions(words: list[Word], drop: list[bool]) -> None:
+    """Region phrases: a preposition, then region words ("in the abdomen", "of the thoracic cavity"), or any
+    words ending in imaging words ("on prostate MRI"), up to the phrase's end or words already set aside; and
+    region words right before imaging words ("abdominal CT", "chest scan")."""
+    n = len(words)
+
+    def ends_here(j: int) -> bool:
+        return j == n or _is_boundary(words[j]) or drop[j] or words[j].label == PREPOSITION
+
+    for i, w in enumerate(words):
+        if w.label != PREPOSITION:
+            continue
+        j = i + 1
+        while j < n and words[j].label in (REGION, FILLER):
+            j += 1
+        if any(words[k].label == REGION for k in range(i + 1, j)) and ends_here(j):
+            drop[i:j] = [True] * (j - i)
+            continue
+        j = i + 1
+        while j < n and words[j].label in (REGION, CONTENT, FILLER) and not _is_boundary(words[j]):
+            j += 1
+        if j == i + 1 or j == n or words[j].label not in (MODALITY, IMAGING):
+            continue
+        while j < n and words[j].label in (MODALITY, IMAGING):
+            j += 1
+        if ends_here(j):
+            drop[i:j] = [True] * (j - i)
+    i = 0
+    while i < n:
+        j = i
+        while j < n and words[j].label == REGION:
+            j += 1
+        if j > i and j < n and words[j].label in (MODALITY, IMAGING):
+            drop[i:j] = [True] * (j - i)
+        i = max(j, i + 1)
+
+
+def _groups(run: list[Word]) -> list[tuple[str, str]]:
+    """A set-aside run as (label, words) groups; prepositions and fillers go with the words after them."""
+    groups: list[list] = []
+    pending: list[Word] = []
+    for w in run:
+        if w.label in (PREPOSITION, FILLER):
+            pending.append(w)
+            continue
+        label = w.label if w.label != CONTENT else REGION
+        if groups and groups[-1][0] == label and not pending:
+            groups[-1][1].append(w)
+        else:
+            groups.append([label, pending + [w]])
+        pending = []
+    if pending:
+        if groups:
+            groups[-1][1].extend(pending)
+        else:
+            groups.append([pending[0].label, pending])
+    return [(label, " ".join(w.text for w in ws)) for label, ws in groups]
 
 
 def _drop_dangling_prepositions(words: list[Word], drop: list[bool]) -> None:

@@ -25,7 +25,8 @@ FINDING_WORDS = {
     "nodule": "nodule", "nodular": "nodule", "cyst": "cyst", "cystic": "cyst",
 }
 MODIFIERS = frozenset({"focal", "solitary", "multiple", "suspicious", "known", "space", "occupying", "solid",
-                       "disease", "deposit", "burden", "any", "possible", "suspected"})
+                       "disease", "deposit", "burden", "any", "possible", "suspected", "cell", "squamous", "clear",
+                       "ductal"})
 LINKS = frozenset({"of", "in", "on", "within", "involving", "at", "from", "affecting", "arising", "to", "the"})
 
 

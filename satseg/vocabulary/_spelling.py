@@ -43,8 +43,9 @@ def distance(a: str, b: str) -> int:
 class Speller:
     """Corrections against a fixed set of known words."""
 
-    def __init__(self, known: set[str]):
+    def __init__(self, known: set[str], never_corrected: frozenset[str] = frozenset()):
         self.known = frozenset(known)
+        self.never_corrected = never_corrected  # real words that are no term: left for the caller to refuse
         self.index: dict[str, list[str]] = {}
         for word in sorted(w for w in known if w.isalpha() and len(w) >= MIN_LENGTH - 1):
             for deleted in _deletions(word, 2):
@@ -52,7 +53,7 @@ class Speller:
 
     def candidates(self, word: str) -> list[str]:
         """Known words within the allowed distance of an unknown ``word`` (empty for short or known words)."""
-        if word in self.known or not word.isalpha() or len(word) < MIN_LENGTH:
+        if word in self.known or word in self.never_corrected or not word.isalpha() or len(word) < MIN_LENGTH:
             return []
         limit = max_distance(word)
         seen = {c for d in _deletions(word, limit) for c in self.index.get(d, ())}

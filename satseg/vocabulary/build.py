@@ -229,6 +229,20 @@ def _word_collisions(tables: _Tables, key: str, target: str) -> list[str]:
     return sorted(others)
 
 
+def _knowledge_words(knowledge: dict, tables: _Tables) -> list[str]:
+    """Words of 4+ letters in the knowledge file (names, definitions, relations, synonyms) that no term or alias
+    uses: real words, so a prompt word among them is never "corrected" into a term ("cerebrum" is not a typo of
+    "cerebral"). Only the sorted word list is kept, never the prose."""
+    texts: list[str] = []
+    for concept, record in knowledge.items():
+        texts += [concept, record.get("cleaned_definition") or ""]
+        texts += [part for relation in record.get("relations") or [] for part in relation]
+        texts += record.get("synonyms") or []
+    used = {w for key in (*tables.term_by_key, *tables.candidates) for w in key.split()}
+    words = {w for text in texts if isinstance(text, str) for w in re.findall(r"[a-z]{4,}", text.lower())}
+    return sorted(words - used)
+
+
 def _word_forms(tables: _Tables, curated: dict[str, str]) -> dict[str, str]:
     """Adjective → organ noun: the knowledge file's one-word adjective synonyms of a term ("hepatic" → liver),
     then the curated table, which wins where both name a word."""
@@ -317,6 +331,7 @@ def build(reference: Path, totalseg_map: Path) -> dict:
         "vertebra_levels": levels,
         "totalsegmentator": totalseg,
         "knowledge_concepts_without_sat_term": unmapped,
+        "knowledge_words": _knowledge_words(knowledge, tables),
     }
 
 

@@ -75,6 +75,7 @@ class Vocabulary:
         for key, alias in self.aliases.items():
             self.alias_keys.setdefault(alias["term"], []).append(key)
         self.adjectives: dict[str, str] = document["adjectives"]
+        self.knowledge_words = frozenset(document.get("knowledge_words", ()))  # real words, never corrected
         self.vertebra_levels: dict[str, str] = dict(document["vertebra_levels"])
         self.level_order = [abbr for abbr, _ in document["vertebra_levels"]]
         self.totalseg = {ts.lower(): term for task in ("total", "total_mr")

@@ -260,7 +260,10 @@ class _Resolver:
             index: dict[str, list[tuple[str, str]]] = {}
             for name, entry in self.vocabulary.terms.items():
                 words = phrase_key(name).split()
-                if not entry.abnormal or len(words) < 2 or words[-1] not in _findings.LESION_KINDS:
+                if len(words) < 2 or words[-1] not in _findings.LESION_KINDS:
+                    continue
+                unsided = self.vocabulary.term_by_key.get(" ".join(words[1:]))
+                if not (entry.abnormal or words[0] in LATERALITY and unsided and self.vocabulary.terms[unsided].abnormal):
                     continue
                 organ_key = " ".join(words[:-1])
                 organ = self.key(organ_key, depth=1)
@@ -270,7 +273,7 @@ class _Resolver:
         return self._lesions
 
     def _finding(self, text: str, key: str) -> _Match | _Refusal | None:
-        words = key.split()
+        words = tokens(text)
         found = [w for w in words if w in _findings.FINDING_WORDS]
         if not found:
             return None
@@ -328,6 +331,7 @@ class _Resolver:
 
     def _lesion_terms(self) -> tuple[str, ...]:
         names = [t for items in self.lesions().values() for t, _ in items]
+        names += [n for n, e in self.vocabulary.terms.items() if e.abnormal and n in _findings.FINDING_WORDS]
         on = [t for t in names if self.modality in self.vocabulary.modalities_of(t)]
         return tuple(sorted(on or names))
 
@@ -429,7 +433,7 @@ def _speller() -> Speller:
     known = {w for keys in (v.term_by_key, v.aliases, v.ambiguous, v.adjectives) for key in keys for w in key.split()}
     known |= {canonical(w) for w in _context.WORDS} | set(_findings.FINDING_WORDS) | set(_findings.MODIFIERS)
     known |= set(_findings.LINKS) | set(_EXTRA_KNOWN) | set(_GROUP_REGIONS) | set(_GROUP_CATEGORIES)
-    return Speller(known)
+    return Speller(known, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words})
 
 
 def _resolved(parts) -> bool:
