@@ -48,7 +48,8 @@ _MODALITY_PHRASES = {
     "nephrographic phase": "", "phase": "", "native": "", "low dose": "", "dual energy": "", "multiphase": "",
     "weighted": "", "fat suppressed": "", "fat saturated": "", "fat sat": "", "avid": "",
     "angiography": "", "angiogram": "", "venography": "", "urography": "", "enterography": "", "colonography": "",
-    "perfusion": "", "mrcp": "mri", "mrv": "mri", "mrangiography": "mri", "ctangiography": "ct", "urogram": "",
+    "perfusion": "", "dti": "mri", "tractography": "mri", "mpmri": "mri", "bpmri": "mri", "multiparametric": "",
+    "biparametric": "", "mrcp": "mri", "mrv": "mri", "mrangiography": "mri", "ctangiography": "ct", "urogram": "",
     "t1 weighted": "mri", "t2 weighted": "mri",
 }
 # "t1"/"t2" are also vertebrae: a sequence only next to one of these words.
@@ -56,7 +57,7 @@ _SEQUENCE_NEIGHBOURS = frozenset({"weighted", "w", "mri", "mr", "sequence", "ima
                                   "post", "pre", "fs", "fat", "map", "signal", "hyperintense", "hypointense"})
 _SEQUENCE_BEFORE = frozenset({"on", "in", "using", "from", "with"})
 _IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", "view", "acquisition", "exam",
-            "examination", "volume", "dataset", "data", "modality", "cross sectional", "axial", "coronal",
+            "examination", "dataset", "data", "modality", "cross sectional", "axial", "coronal",
             "sagittal", "3d", "3 d", "three dimensional", "volumetric", "tomogram", "film", "picture", "protocol",
             "tomography", "scanner", "reconstruction", "window")
 _TASK = (
@@ -64,7 +65,8 @@ _TASK = (
     "contour", "contouring", "contoured", "outline", "outlining", "outlined", "boundary", "border", "margin",
     "mask", "label", "labeling", "labelling", "labeled", "labelled", "annotation", "annotate", "annotated",
     "target", "segmentation target", "roi", "voi", "region of interest", "volume of interest",
-    "structure of interest", "organ at risk", "extract", "extraction", "identify", "identification", "identified",
+    "structure of interest", "organ at risk", "oar", "based", "guided", "planning", "radiotherapy",
+    "extract", "extraction", "identify", "identification", "identified",
     "locate", "localize", "localise", "localization", "localisation", "localized", "detect", "detection",
     "detected", "find", "show", "showing", "shown", "highlight", "highlighting", "mark", "visualize",
     "visualise", "visualization", "visualisation", "visualized", "visualised", "depict", "depicted", "depicting",
@@ -86,7 +88,9 @@ _REGIONS = ("abdomen", "abdominal", "abdominopelvic", "chest", "thorax", "thorac
             "extremity", "lower limb", "upper limb", "leg", "arm", "cardiac", "spine", "spinal", "lumbar",
             "cervical", "mediastinum", "mediastinal", "retroperitoneum", "retroperitoneal", "upper abdomen",
             "lower abdomen", "region", "area", "cavity", "compartment", "thoracic cavity", "abdominal cavity",
-            "pelvic cavity", "neuro", "musculoskeletal", "msk", "cardiothoracic", "thoracoabdominal")
+            "pelvic cavity", "neuro", "musculoskeletal", "msk", "cardiothoracic", "thoracoabdominal", "shoulder",
+            "knee", "elbow", "wrist", "ankle", "foot", "hand", "face", "thigh", "forearm", "upper arm", "calf",
+            "orbit", "orbital", "skull base", "sinonasal", "hepatobiliary")
 
 _LEXICON: dict[tuple[str, ...], tuple[str, str | None]] = {}
 for _phrase, _named in _MODALITY_PHRASES.items():
@@ -142,6 +146,9 @@ def label(words: list[Word]) -> None:
         else:
             words[i].label = CONTENT
             i += 1
+    for i, w in enumerate(words):  # "the CT volume" is the image; "liver volume" asks for a measurement
+        if w.canon == "volume" and w.label == CONTENT and i > 0 and words[i - 1].label in (MODALITY, IMAGING):
+            w.label = IMAGING
     for i, w in enumerate(words):  # "segment 4" (of the liver) is a structure, not the task
         if w.canon == "segment" and i + 1 < len(words) and words[i + 1].canon.isdigit():
             w.label, w.names = CONTENT, None
@@ -149,8 +156,10 @@ def label(words: list[Word]) -> None:
         if w.canon in ("t1", "t2") and w.label == CONTENT:
             after = words[i + 1].canon if i + 1 < len(words) else ""
             before = words[i - 1].canon if i > 0 else ""
-            before_sequence = before in _SEQUENCE_BEFORE or (i > 0 and words[i - 1].label == MODALITY)
-            if after in _SEQUENCE_NEIGHBOURS or (before_sequence and i == len(words) - 1):
+            before_sequence = before in _SEQUENCE_BEFORE or (i > 0 and words[i - 1].label in (MODALITY, IMAGING))
+            after_sequence = after in _SEQUENCE_NEIGHBOURS or (
+                i + 1 < len(words) and words[i + 1].label in (MODALITY, IMAGING))
+            if after_sequence or (before_sequence and i == len(words) - 1):
                 w.label, w.names = MODALITY, "mri"
 
 
@@ -196,14 +205,10 @@ def _set_aside_regions(words: list[Word], drop: list[bool]) -> None:
         if any(words[k].label == REGION for k in range(i + 1, j)) and ends_here(j):
             drop[i:j] = [True] * (j - i)
             continue
-        j = i + 1
-        while j < n and words[j].label in (REGION, CONTENT, FILLER) and not _is_boundary(words[j]):
+        j = i + 1  # "on prostate MRI", "on CT pulmonary angiography": words ending in imaging words
+        while j < n and words[j].label in (REGION, CONTENT, FILLER, MODALITY, IMAGING) and not _is_boundary(words[j]):
             j += 1
-        if j == i + 1 or j == n or words[j].label not in (MODALITY, IMAGING):
-            continue
-        while j < n and words[j].label in (MODALITY, IMAGING):
-            j += 1
-        if ends_here(j):
+        if j > i + 1 and words[j - 1].label in (MODALITY, IMAGING) and ends_here(j):
             drop[i:j] = [True] * (j - i)
     i = 0
     while i < n:

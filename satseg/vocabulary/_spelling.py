@@ -43,11 +43,11 @@ def distance(a: str, b: str) -> int:
 class Speller:
     """Corrections against a fixed set of known words."""
 
-    def __init__(self, known: set[str], never_corrected: frozenset[str] = frozenset()):
-        self.known = frozenset(known)
+    def __init__(self, known: set[str], targets: set[str], never_corrected: frozenset[str] = frozenset()):
+        self.known = frozenset(known)  # never corrected
         self.never_corrected = never_corrected  # real words that are no term: left for the caller to refuse
-        self.index: dict[str, list[str]] = {}
-        for word in sorted(w for w in known if w.isalpha() and len(w) >= MIN_LENGTH - 1):
+        self.index: dict[str, list[str]] = {}  # words a misspelling may be corrected to
+        for word in sorted(w for w in targets if w.isalpha() and len(w) >= MIN_LENGTH - 1):
             for deleted in _deletions(word, 2):
                 self.index.setdefault(deleted, []).append(word)
 

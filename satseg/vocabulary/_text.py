@@ -28,6 +28,8 @@ _SPELLING = {
     "haemangioma": "hemangioma", "tumours": "tumors", "oedematous": "edematous",
     # Latin names TotalSegmentator and the knowledge file use for English terms.
     "clavicula": "clavicle", "claviculae": "clavicle",
+    # One word for one finding.
+    "infarct": "infarction", "infarcts": "infarction",
 }
 
 # Irregular plurals and Latin forms → singular.
@@ -45,6 +47,8 @@ _SINGULAR = {
 _KEEP_S_ENDINGS = ("ss", "us", "is", "os")
 _KEEP_S_WORDS = frozenset({"lens", "accumbens", "pons", "biceps", "triceps", "quadriceps", "diabetes", "series",
                            "pancreas", "iliopsoas", "psoas", "atlas", "vas", "gas", "bias"})
+
+_SIDE_PREPOSITIONS = frozenset({"on", "of", "at", "in"})
 
 _ORDINAL_WORDS = {
     "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
@@ -117,6 +121,8 @@ def tokens(text: str) -> list[str]:
 def phrase_key(text: str) -> str:
     """Comparison key of a phrase; a single laterality word anywhere moves to the front."""
     words = tokens(text)
+    if len(words) > 2 and words[-1] in LATERALITY and words[-2] in _SIDE_PREPOSITIONS:  # "rib 7 on the right"
+        del words[-2]
     sides = [w for w in words if w in LATERALITY]
     if len(sides) == 1 and words[0] != sides[0]:
         words.remove(sides[0])

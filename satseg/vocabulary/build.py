@@ -283,6 +283,10 @@ def build(reference: Path, totalseg_map: Path) -> dict:
                 raise ValueError(f"curated {section} entry {phrase!r} points at unknown term {term!r}")
             tables.add(phrase, term, method, "satseg curated")
     levels = _level_aliases(tables, names)
+    for name in names:  # "transition zone of prostate" is also "prostate transition zone"
+        head, of, tail = name.partition(" of ")
+        if of and " of " not in tail:
+            tables.add(f"{tail} {head}", name, "synonym", "word order")
     totalseg = _totalsegmentator(tables, read_totalseg_class_map(totalseg_map), modalities)
     unmapped = _knowledge_synonyms(tables, knowledge)
 

@@ -49,6 +49,8 @@ _SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 _DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
 _ADDABLE_SUFFIX = ("gland", "bone", "artery")
+_SIDED_SUFFIX = ("hemisphere",)  # "left cerebellar hemisphere" is the left cerebellum; both hemispheres are not
+_POSITIONAL = ("inferior", "superior", "anterior", "posterior", "medial", "lateral", "upper", "lower", "middle")
 _EXTRA_KNOWN = ("both", "bilateral", "left", "right", "lt", "rt", "l", "r", "to", "through", "thru", "until",
                 "and", "or", "plus", "as", "well", "sided", "side", "vertebra", "level", "from", "segment",
                 "couinaud", "muscle", "bone", "gland", "organ", "hemisphere", "sinister", "dexter")
@@ -147,7 +149,7 @@ class _Resolver:
         if found is not None:
             return found
         refusal = None
-        for attempt in (self._range, self._both_sides, self._implicit_both_sides, self._finding, self._group):
+        for attempt in (self._range, self._both_sides, self._implicit_both_sides, self._finding):
             found = attempt(text, key)
             if isinstance(found, _Refusal):
                 refusal = refusal or found
@@ -192,8 +194,11 @@ class _Resolver:
         if substituted != words:
             forms = ", ".join(f"{w!r} → {s!r}" for w, s in zip(words, substituted) if w != s)
             yield phrase_key(" ".join(substituted)), f"word form {forms}", "synonym"
-        if len(words) > 1 and words[-1] in _DROPPABLE_SUFFIX:
+        if len(words) > 1 and words[-1] in _DROPPABLE_SUFFIX and (words[-1] not in _SIDED_SUFFIX
+                                                                 or words[0] in LATERALITY):
             yield " ".join(words[:-1]), f"without {words[-1]!r}", "synonym"
+        if len(words) > 1 and words[-1] in _POSITIONAL:  # "vena cava inferior" (Latin order)
+            yield phrase_key(" ".join([words[-1], *words[:-1]])), "word order", None
         for suffix in _ADDABLE_SUFFIX:
             vein = suffix == "artery" and any(f"{key} {w}" in v.term_by_key for w in ("vein", "vena"))
             if words[-1] not in _DROPPABLE_SUFFIX and f"{key} {suffix}" in v.term_by_key and not vein:
@@ -255,20 +260,21 @@ class _Resolver:
 
     # -- findings -----------------------------------------------------------------------------------------------
     def lesions(self) -> dict[str, list[tuple[str, str]]]:
-        """Organ (term name, or the name's key where no term) → [(lesion term, kind)], from the term names."""
+        """Organ (term name, or the name's key where no term) → [(lesion term, type)], from the term names."""
         if self._lesions is None:
+            v = self.vocabulary
             index: dict[str, list[tuple[str, str]]] = {}
-            for name, entry in self.vocabulary.terms.items():
+            for name, entry in v.terms.items():
                 words = phrase_key(name).split()
-                if len(words) < 2 or words[-1] not in _findings.LESION_KINDS:
+                if len(words) < 2 or words[-1] not in _findings.LESION_TYPES:
                     continue
-                unsided = self.vocabulary.term_by_key.get(" ".join(words[1:]))
-                if not (entry.abnormal or words[0] in LATERALITY and unsided and self.vocabulary.terms[unsided].abnormal):
+                unsided = v.term_by_key.get(" ".join(words[1:]))
+                if not (entry.abnormal or words[0] in LATERALITY and unsided and v.terms[unsided].abnormal):
                     continue
                 organ_key = " ".join(words[:-1])
                 organ = self.key(organ_key, depth=1)
                 owner = organ.terms[0] if isinstance(organ, _Match) and len(organ.terms) == 1 else organ_key
-                index.setdefault(owner, []).append((name, _findings.LESION_KINDS[words[-1]]))
+                index.setdefault(owner, []).append((name, _findings.LESION_TYPES[words[-1]]))
             self._lesions = index
         return self._lesions
 
@@ -283,6 +289,10 @@ class _Resolver:
         while rest and rest[-1] in _findings.LINKS:
             rest.pop()
         on_modality = f" on {self.modality.upper()}" if self.modality else ""
+        for named in [rest] if rest else [[w] for w in found]:  # "stroke lesion", "COVID-19 lesions", "tumour
+            lesion = self._lesion_term(named)                     # lesions": a lesion term with a finding word
+            if lesion is not None:
+                return _Match(lesion.terms, lesion.method, f"{' '.join(found)!r} on a lesion term: {lesion.how}")
         if not rest:
             options = self._lesion_terms()
             return _Refusal(f"{text!r} names a finding but no organ; lesion terms trained{on_modality}: "
@@ -290,7 +300,7 @@ class _Resolver:
         organ, owner = self._organ(rest)
         if owner is None:
             return None
-        kinds, rule = _findings.wanted_kinds(found)
+        types, rule = _findings.wanted_types(found)
         lesions = self.lesions().get(owner, [])
         if not lesions:
             return _Refusal(f"no lesion term is trained for {owner!r} (asked for by {text!r})",
@@ -298,22 +308,28 @@ class _Resolver:
         side, _, unsided = owner.partition(" ")
         if side in LATERALITY and unsided in self.lesions():
             missing = {k for _, k in self.lesions()[unsided]} - {k for _, k in lesions}
-            if missing & kinds:
+            if missing & types:
                 options = tuple(t for t, _ in lesions + self.lesions()[unsided])
-                return _Refusal(f"{text!r}: the {'/'.join(sorted(missing & kinds))} lesion terms of the {unsided} "
+                return _Refusal(f"{text!r}: the {'/'.join(sorted(missing & types))} lesion terms of the {unsided} "
                                 f"are not sided; choose among {', '.join(options)}", options)
-        chosen = [t for t, k in lesions if k in kinds]
-        if not chosen and kinds == {"nodule"}:
-            chosen = [t for t, k in lesions if k == "tumor"]
+        chosen = [t for t, k in lesions if k in types]
         if not chosen:
             options = tuple(t for t, _ in lesions)
-            return _Refusal(f"no {'/'.join(sorted(kinds))} lesion term is trained for {owner!r}; its lesion terms: "
+            return _Refusal(f"no {'/'.join(sorted(types))} lesion term is trained for {owner!r}; its lesion terms: "
                             f"{', '.join(options)}", options)
         trained = [t for t in chosen if self.modality in self.vocabulary.modalities_of(t)]
         chosen = trained or chosen
         how = (f"finding {' '.join(found)!r} on {owner!r}{organ}: {rule} for {owner}{on_modality} "
-               f"(rule: a finding on an organ means all its lesion terms of that kind trained for the modality)")
+               f"(rule: a finding on an organ means its lesion terms of that type trained for the modality; "
+               f"lesion, mass: all of them)")
         return _Match(tuple(chosen), "finding", how)
+
+    def _lesion_term(self, words: list[str]) -> _Match | None:
+        """A lesion term named by the words ("ischemic stroke", "covid 19", "tumor"), else None."""
+        found = self.phrase(" ".join(words))
+        if isinstance(found, _Match) and all(self.vocabulary.terms[t].abnormal for t in found.terms):
+            return found
+        return None
 
     def _organ(self, words: list[str]) -> tuple[str, str | None]:
         text = " ".join(words)
@@ -334,37 +350,6 @@ class _Resolver:
         names += [n for n, e in self.vocabulary.terms.items() if e.abnormal and n in _findings.FINDING_WORDS]
         on = [t for t in names if self.modality in self.vocabulary.modalities_of(t)]
         return tuple(sorted(on or names))
-
-    # -- named groups -------------------------------------------------------------------------------------------
-    def _group(self, text: str, key: str) -> _Match | None:
-        """A structure SAT trains only in parts ("left heart" → left heart atrium, left heart ventricle), or
-        a region's or structure's vessels/muscles ("abdominal veins", "gluteal muscles")."""
-        v = self.vocabulary
-        words = key.split()
-        base = " ".join(words[1:]) if words[0] in LATERALITY else key
-        if isinstance(self.key(base, depth=0), _Match) and key not in v.term_by_key:
-            members = [n for k, n in v.term_by_key.items() if k.startswith(key + " ") and not v.terms[n].abnormal]
-            if len(members) >= 2:
-                return _Match(tuple(members), "composition",
-                              f"named group {key!r}: the trained terms named '{key} …': {', '.join(members)}")
-        typed = light(text).split()
-        if len(words) < 2 or not typed or not typed[-1].endswith("s") or words[-1] not in _GROUP_CATEGORIES:
-            return None
-        category, modifier = _GROUP_CATEGORIES[words[-1]], " ".join(words[:-1])
-        region = _GROUP_REGIONS.get(modifier)
-        if region is None:
-            stem = v.adjectives.get(modifier, modifier)
-            members = [n for n in v.terms if stem in phrase_key(n).split() and _in_category(n, category)]
-            source = f"the trained {words[-1]} terms with {stem!r} in their name"
-        else:
-            members = [n for n in v.terms if _in_category(n, category)
-                       and any(region in e.regions for e in v.terms[n].entries)]
-            source = f"the trained {words[-1]} terms of SAT's {region!r} region"
-        members = [n for n in members if not v.terms[n].abnormal]
-        members = [n for n in members if n.split(" ", 1)[0] not in LATERALITY or n.split(" ", 1)[1] not in members]
-        if len(members) < 2:
-            return None
-        return _Match(tuple(members), "composition", f"named group {key!r}: {source}: {', '.join(members)}")
 
     # -- a whole prompt -----------------------------------------------------------------------------------------
     def prompt(self, text: str) -> list[tuple[str, _Match | _Ambiguous | _Refusal | None]]:
@@ -401,27 +386,6 @@ class _Resolver:
         return [(part, self.phrase(part))]
 
 
-_GROUP_CATEGORIES = {"vein": "vein", "vena": "vein", "artery": "artery", "vessel": "vessel", "muscle": "muscle",
-                     "bone": "bone"}
-_CATEGORY_WORDS = {
-    "vein": ("vein", "vena"), "artery": ("artery", "aorta", "trunk"),
-    "vessel": ("vein", "vena", "artery", "aorta", "trunk", "vessel"),
-    "muscle": ("muscle", "gluteus", "iliopsoas", "autochthon"),
-    "bone": ("bone", "femur", "humerus", "scapula", "clavicle", "hip", "sacrum", "sternum", "rib", "vertebrae",
-             "skull", "mandible", "tibia"),
-}
-_GROUP_REGIONS = {"abdominal": "abdomen", "abdomen": "abdomen", "thoracic": "thorax", "chest": "thorax",
-                  "thorax": "thorax", "pelvic": "pelvis", "pelvis": "pelvis", "neck": "head and neck",
-                  "head and neck": "head and neck", "brain": "brain", "cerebral": "brain", "intracranial": "brain",
-                  "spinal": "spine", "upper limb": "upper limb", "arm": "upper limb", "lower limb": "lower limb",
-                  "leg": "lower limb"}
-
-
-def _in_category(name: str, category: str) -> bool:
-    words = name.split()
-    return any(w in _CATEGORY_WORDS[category] for w in words) and not name.startswith(("head of", "costal"))
-
-
 @lru_cache(maxsize=len(MODALITIES) + 1)
 def _resolver(modality: str | None) -> _Resolver:
     return _Resolver(load(), modality)
@@ -430,10 +394,11 @@ def _resolver(modality: str | None) -> _Resolver:
 @lru_cache(maxsize=1)
 def _speller() -> Speller:
     v = load()
-    known = {w for keys in (v.term_by_key, v.aliases, v.ambiguous, v.adjectives) for key in keys for w in key.split()}
-    known |= {canonical(w) for w in _context.WORDS} | set(_findings.FINDING_WORDS) | set(_findings.MODIFIERS)
-    known |= set(_findings.LINKS) | set(_EXTRA_KNOWN) | set(_GROUP_REGIONS) | set(_GROUP_CATEGORIES)
-    return Speller(known, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words})
+    targets = {w for keys in (v.term_by_key, v.aliases, v.ambiguous, v.adjectives) for key in keys for w in key.split()}
+    targets |= set(_findings.FINDING_WORDS) | {w for w in map(canonical, _context.WORDS) if len(w) >= 6}
+    known = targets | {canonical(w) for w in _context.WORDS} | set(_findings.MODIFIERS) | set(_findings.LINKS)
+    known |= set(_EXTRA_KNOWN)
+    return Speller(known, targets, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words})
 
 
 def _resolved(parts) -> bool:
@@ -530,6 +495,19 @@ def _check_named_modality(named: list[tuple[str, str]], modality: str | None, pr
     return None
 
 
+def _modality_name(term: str, modality: str | None, vocabulary: Vocabulary, steps: list[str]) -> str:
+    """The name the same structure was trained under on ``modality`` where the term itself was not ("femur" on
+    CT is "femur bone" on MRI): the term with or without a suffix such as "bone" or "gland"."""
+    if modality is None or modality in vocabulary.modalities_of(term):
+        return term
+    head, _, last = term.rpartition(" ")
+    for other in [f"{term} {s}" for s in _ADDABLE_SUFFIX] + ([head] if last in _DROPPABLE_SUFFIX else []):
+        if other in vocabulary.terms and modality in vocabulary.modalities_of(other):
+            steps.append(f"{term!r} is trained on {modality.upper()} as {other!r}")
+            return other
+    return term
+
+
 def _modality_check(terms: tuple[str, ...], modality: str | None, vocabulary: Vocabulary, allow: bool,
                     prompt: str, steps: list[str]) -> list[str]:
     untrained = [t for t in terms if modality is not None and modality not in vocabulary.modalities_of(t)]
@@ -598,6 +576,7 @@ def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False
     else:
         explanation = f"{text!r} = {prefix}union of " + "; ".join(
             f"{phrase!r} → {', '.join(found.terms)} ({found.how})" for phrase, found in parts)
+    terms = tuple(dict.fromkeys(_modality_name(t, reading.modality, vocabulary, steps) for t in terms))
     warnings = _modality_check(terms, reading.modality, vocabulary, allow_untrained_modality, str(prompt), steps)
     return Resolution(str(prompt), terms, method, reading.modality, tuple(warnings), explanation,
                       tuple(reading.context), tuple(reading.corrections), tuple(steps))
