@@ -78,3 +78,23 @@ def weights_log():
     yield handler.messages
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, mpnet_dir) -> dict:
+    """The environment of a CLI subprocess whose SATSEG_HOME has a tiny random model imported as ``tiny-test``
+    (one per test module)."""
+    from pipeline_helpers import tiny_model_env
+
+    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
+
+
+@pytest.fixture(scope="session")
+def small_scan(tmp_path_factory, reference_files) -> Path:
+    """A 120 × 120 × 90 mm piece of the real CT (its affine kept right by nibabel's slicer): few windows."""
+    import nibabel as nib
+
+    image = nib.load(reference_files / "example_ct_sm.nii.gz")
+    path = tmp_path_factory.mktemp("scan") / "small.nii.gz"
+    nib.save(image.slicer[40:80, 30:70, :], path)
+    return path

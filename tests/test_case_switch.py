@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from pipeline_helpers import run_cli, tiny_model_env
+from pipeline_helpers import run_cli
 from satseg.outputs.case import (
     COMPLETE_MARKER, JOURNAL, STAGING_PREFIX, _new_staging, clean_stale_staging, is_complete, recover_folder,
 )
@@ -46,11 +46,6 @@ _KILL_AT_RENAME = textwrap.dedent(
     sys.exit(main(sys.argv[3:]))
     """
 )
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, mpnet_dir):
-    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline_helpers import error_lines, run_cli, tiny_model_env
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, mpnet_dir):
-    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
+from pipeline_helpers import error_lines, run_cli
 
 
 def _nifti(path: Path, data: np.ndarray, affine=None) -> Path:

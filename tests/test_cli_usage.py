@@ -8,27 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-import nibabel as nib
 import pytest
 
-from pipeline_helpers import PROGRESS_LINE, error_lines, run_cli, tiny_model_env
+from pipeline_helpers import PROGRESS_LINE, error_lines, run_cli
 from satseg.cli.main import main
 from satseg.errors import InputError
 from satseg.inference.cohort import case_name, expand_inputs, read_jobs
 from satseg.outputs.names import safe_folder_name
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, mpnet_dir):
-    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
-
-
-@pytest.fixture(scope="module")
-def small_scan(tmp_path_factory, reference_files) -> Path:
-    image = nib.load(reference_files / "example_ct_sm.nii.gz")
-    path = tmp_path_factory.mktemp("scan") / "small.nii.gz"
-    nib.save(image.slicer[40:80, 30:70, :], path)
-    return path
 
 
 # --- usage errors: exit 2, no traceback ---------------------------------------------------------------------

@@ -10,26 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import pytest
 
-from pipeline_helpers import run_cli, tiny_model_env
+from pipeline_helpers import run_cli
 from satseg.inference.cohort import expand_inputs, parse_shard, read_jobs, select_shard
 from satseg.errors import InputError
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, mpnet_dir):
-    return tiny_model_env(tmp_path_factory.mktemp("satseg-home"), mpnet_dir)
-
-
-@pytest.fixture(scope="module")
-def small_scan(tmp_path_factory, reference_files) -> Path:
-    """A 120 × 120 × 90 mm piece of the real CT (its affine kept right by nibabel's slicer): few windows."""
-    image = nib.load(reference_files / "example_ct_sm.nii.gz")
-    path = tmp_path_factory.mktemp("scan") / "small.nii.gz"
-    nib.save(image.slicer[40:80, 30:70, :], path)
-    return path
 
 
 @pytest.fixture()

@@ -408,12 +408,11 @@ def test_series_dicom2nifti_refuses_is_read_by_simpleitk_with_the_same_codes(ct_
 
 
 def test_enhanced_ct_and_its_classic_series_give_identical_masks_with_the_same_weights(
-    ct_datasets, ct_dir, tmp_path_factory, mpnet_dir
+    ct_datasets, ct_dir, tmp_path_factory, env
 ):
-    from pipeline_helpers import run_cli, tiny_model_env
+    from pipeline_helpers import run_cli
 
     root = tmp_path_factory.mktemp("enhanced-masks")
-    env = tiny_model_env(root / "home", mpnet_dir)
     multi = enhanced(ct_datasets, root / "enhanced")
     written = {}
     for label, scan in (("classic", ct_dir), ("enhanced", multi)):
