@@ -49,7 +49,9 @@ _MODALITY_PHRASES = {
     "weighted": "", "fat suppressed": "", "fat saturated": "", "fat sat": "", "avid": "",
     "angiography": "", "angiogram": "", "venography": "", "urography": "", "enterography": "", "colonography": "",
     "perfusion": "", "dti": "mri", "tractography": "mri", "mpmri": "mri", "bpmri": "mri", "multiparametric": "",
-    "biparametric": "", "mrcp": "mri", "mrv": "mri", "mrangiography": "mri", "ctangiography": "ct", "urogram": "",
+    "biparametric": "", "dess": "mri", "vibe": "mri", "haste": "mri", "trufi": "mri", "fiesta": "mri",
+    "bravo": "mri", "spgr": "mri", "gre": "mri", "tse": "mri", "fse": "mri", "mdixon": "mri", "lava": "mri",
+    "thrive": "mri", "dce": "mri", "pdfs": "mri", "mrcp": "mri", "mrv": "mri", "mrangiography": "mri", "ctangiography": "ct", "urogram": "",
     "t1 weighted": "mri", "t2 weighted": "mri",
 }
 # "t1"/"t2" are also vertebrae: a sequence only next to one of these words.
@@ -59,7 +61,9 @@ _SEQUENCE_BEFORE = frozenset({"on", "in", "using", "from", "with"})
 _IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", "view", "acquisition", "exam",
             "examination", "dataset", "data", "modality", "cross sectional", "axial", "coronal",
             "sagittal", "3d", "3 d", "three dimensional", "volumetric", "tomogram", "film", "picture", "protocol",
-            "tomography", "scanner", "reconstruction", "window")
+            "tomography", "scanner", "reconstruction", "window", "short axis", "long axis", "four chamber",
+            "4 chamber", "two chamber", "2 chamber", "three chamber", "3 chamber", "view", "plane", "thin slice",
+            "thick slice", "kernel", "level", "setting")
 _TASK = (
     "segment", "segmentation", "segmented", "segmenting", "delineate", "delineation", "delineated", "delineating",
     "contour", "contouring", "contoured", "outline", "outlining", "outlined", "boundary", "border", "margin",
@@ -76,6 +80,9 @@ _TASK = (
     "obtain", "compute", "quantify", "can you", "could you", "would you", "for me", "task", "prompt", "class",
     "structure", "anatomy", "anatomical", "anatomic", "located", "situated", "lying", "delimit", "predict",
     "prediction", "map", "mapping", "evaluate", "evaluation", "assess", "assessment", "of interest",
+    "trauma", "staging", "restaging", "follow up", "followup", "screening", "baseline", "preoperative",
+    "postoperative", "emergency", "routine", "surveillance", "workup", "work up", "where", "what", "how",
+    "diagnostic", "clinical", "research",
 )
 _FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
            "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",
@@ -103,7 +110,8 @@ _LONGEST = max(len(k) for k in _LEXICON)
 WORDS = frozenset(w for k in _LEXICON for w in k) | {"t1", "t2"}
 
 _BOUNDARY_WORDS = frozenset({"and", "or", "plus"})
-_TOKEN = re.compile(r"[a-z0-9]+|[,;+&/]")
+_TOKEN = re.compile(r"[a-z0-9]+|[,;+&/:()]")
+_BREAKS = frozenset(":()")  # end a phrase for the context rules; never part of the kept text
 _COMPOUNDS = [(re.compile(p), r) for p, r in (
     (r"\bpet\s*[/-]?\s*ct\b", "petct"), (r"\bpet\s*[/-]?\s*mri?\b", "petmr"), (r"\bt2\s*\*", "t2 star"),
     (r"\b(\w+)'s\b", r"\1"), (r"(?<=[a-z]{3})\s*/\s*(?=[a-z]{3})", " / "),
@@ -132,7 +140,7 @@ def label(words: list[Word]) -> None:
     """Label each word in place (longest lexicon phrase first)."""
     i = 0
     while i < len(words):
-        if words[i].text in ",;+&/":
+        if words[i].text in ",;+&/:()":
             words[i].label = SEPARATOR
             i += 1
             continue
@@ -149,6 +157,12 @@ def label(words: list[Word]) -> None:
     for i, w in enumerate(words):  # "the CT volume" is the image; "liver volume" asks for a measurement
         if w.canon == "volume" and w.label == CONTENT and i > 0 and words[i - 1].label in (MODALITY, IMAGING):
             w.label = IMAGING
+    for i, w in enumerate(words):  # "lung window", "soft tissue window": a display setting, not a structure
+        if w.canon in ("window", "level", "setting") and w.label == IMAGING:
+            k = i - 1
+            while k >= 0 and i - k <= 2 and words[k].label == CONTENT and words[k].text.isalpha():
+                words[k].label = IMAGING
+                k -= 1
     for i, w in enumerate(words):  # "segment 4" (of the liver) is a structure, not the task
         if w.canon == "segment" and i + 1 < len(words) and words[i + 1].canon.isdigit():
             w.label, w.names = CONTENT, None
@@ -170,7 +184,7 @@ def _is_boundary(word: Word) -> bool:
 def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, str]]]:
     """(text of the kept words, [(label, words set aside)]) for one pass; ``regions`` also sets aside region
     phrases introduced by a preposition or followed by imaging words."""
-    drop = [w.label in SET_ASIDE for w in words]
+    drop = [w.label in SET_ASIDE or w.text in _BREAKS for w in words]
     if regions:
         _set_aside_regions(words, drop)
     _drop_dangling_prepositions(words, drop)
@@ -218,13 +232,22 @@ def _set_aside_regions(words: list[Word], drop: list[bool]) -> None:
         if j > i and j < n and words[j].label in (MODALITY, IMAGING):
             drop[i:j] = [True] * (j - i)
         i = max(j, i + 1)
+    for i, w in enumerate(words):  # "CT abdomen and pelvis", "MRI brain": region words after imaging words
+        if w.label not in (MODALITY, IMAGING) or i + 1 >= n or words[i + 1].label != REGION:
+            continue
+        j = i + 1
+        while j < n and (words[j].label in (REGION, IMAGING, MODALITY) or (
+                _is_boundary(words[j]) and j + 1 < n and words[j + 1].label == REGION)):
+            j += 1
+        if ends_here(j):
+            drop[i + 1:j] = [True] * (j - i - 1)
 
 
 def _groups(run: list[Word]) -> list[tuple[str, str]]:
     """A set-aside run as (label, words) groups; prepositions and fillers go with the words after them."""
     groups: list[list] = []
     pending: list[Word] = []
-    for w in run:
+    for w in (w for w in run if w.text not in _BREAKS):
         if w.label in (PREPOSITION, FILLER):
             pending.append(w)
             continue
@@ -239,7 +262,7 @@ def _groups(run: list[Word]) -> list[tuple[str, str]]:
             groups[-1][1].extend(pending)
         else:
             groups.append([pending[0].label, pending])
-    return [(label, " ".join(w.text for w in ws)) for label, ws in groups]
+    return [(label, " ".join(w.text for w in ws)) for label, ws in groups if ws]
 
 
 def _drop_dangling_prepositions(words: list[Word], drop: list[bool]) -> None:

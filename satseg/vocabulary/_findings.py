@@ -29,11 +29,13 @@ FINDING_WORDS = {
     "nodule": "nodule", "nodular": "nodule", "cyst": "cyst", "cystic": "cyst",
     "hemorrhage": "hemorrhage", "bleed": "hemorrhage", "bleeding": "hemorrhage", "hematoma": "hemorrhage",
     "hemorrhagic": "hemorrhage", "edema": "edema", "edematous": "edema", "scar": "scar", "scarring": "scar",
-    "fibrosis": "scar", "effusion": "effusion",
+    "fibrosis": "scar", "infarction": "scar", "effusion": "effusion",
 }
 MODIFIERS = frozenset({"focal", "solitary", "multiple", "suspicious", "known", "space", "occupying", "solid",
                        "disease", "deposit", "burden", "any", "possible", "suspected", "cell", "squamous", "clear",
-                       "ductal", "acute", "subacute", "chronic", "peritumoral", "perilesional", "vasogenic"})
+                       "ductal", "acute", "subacute", "chronic", "peritumoral", "perilesional", "vasogenic",
+                       "hypermetabolic", "hypodense", "hyperdense", "hypoattenuating", "hyperattenuating",
+                       "hyperintense", "hypointense", "avid", "fdg", "active", "metabolically"})
 LINKS = frozenset({"of", "in", "on", "within", "involving", "at", "from", "affecting", "arising", "to", "the"})
 
 

@@ -49,6 +49,7 @@ _SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 _DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
 _ADDABLE_SUFFIX = ("gland", "bone", "artery")
+_SHARED_HEAD = re.compile(r"^([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+) (.+)$")
 _SIDED_SUFFIX = ("hemisphere",)  # "left cerebellar hemisphere" is the left cerebellum; both hemispheres are not
 _POSITIONAL = ("inferior", "superior", "anterior", "posterior", "medial", "lateral", "upper", "lower", "middle")
 _EXTRA_KNOWN = ("both", "bilateral", "left", "right", "lt", "rt", "l", "r", "to", "through", "thru", "until",
@@ -149,7 +150,7 @@ class _Resolver:
         if found is not None:
             return found
         refusal = None
-        for attempt in (self._range, self._both_sides, self._implicit_both_sides, self._finding):
+        for attempt in (self._range, self._both_sides, self._finding, self._implicit_both_sides):
             found = attempt(text, key)
             if isinstance(found, _Refusal):
                 refusal = refusal or found
@@ -257,6 +258,15 @@ class _Resolver:
                 return _Match(whole.terms, whole.method, f"no sided terms for {base!r}; {whole.how}")
             return whole
         return None
+
+    def _shared_head(self, text: str) -> list | None:
+        """"grey and white matter" = grey matter + white matter, when the first word alone is no structure."""
+        m = _SHARED_HEAD.match(" ".join(light(text).split()))
+        if not m or isinstance(self.phrase(m.group(1)), (_Match, _Ambiguous)):
+            return None
+        first, second = f"{m.group(1)} {m.group(3)}", f"{m.group(2)} {m.group(3)}"
+        parts = [(first, self.phrase(first)), (second, self.phrase(second))]
+        return parts if _resolved(parts) else None
 
     # -- findings -----------------------------------------------------------------------------------------------
     def lesions(self) -> dict[str, list[tuple[str, str]]]:
@@ -378,6 +388,9 @@ class _Resolver:
                     best[end] = best[begin] + [(segment, found)]
         if best[-1] is not None:
             return best[-1]
+        shared = self._shared_head(text)
+        if shared is not None:
+            return shared
         if whole is not None:
             return [(text, whole)]
         reached = max(i for i, b in enumerate(best) if b is not None)  # report the part after the longest
