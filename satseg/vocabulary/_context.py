@@ -22,6 +22,7 @@ here decides what a structure is; the resolver must still match every kept word.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from satseg.vocabulary._text import canonical, light
@@ -61,7 +62,7 @@ _SEQUENCE_BEFORE = frozenset({"on", "in", "using", "from", "with"})
 _IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", "view", "acquisition", "exam",
             "examination", "dataset", "data", "modality", "cross sectional", "axial", "coronal",
             "sagittal", "3d", "3 d", "three dimensional", "volumetric", "tomogram", "film", "picture", "protocol",
-            "tomography", "scanner", "reconstruction", "window", "short axis", "long axis", "four chamber",
+            "tomography", "tomographic", "scanner", "reconstruction", "window", "short axis", "long axis", "four chamber",
             "4 chamber", "two chamber", "2 chamber", "three chamber", "3 chamber", "view", "plane", "thin slice",
             "thick slice", "kernel", "level", "setting")
 _TASK = (
@@ -82,7 +83,13 @@ _TASK = (
     "prediction", "map", "mapping", "evaluate", "evaluation", "assess", "assessment", "of interest",
     "trauma", "staging", "restaging", "follow up", "followup", "screening", "baseline", "preoperative",
     "postoperative", "emergency", "routine", "surveillance", "workup", "work up", "where", "what", "how",
-    "diagnostic", "clinical", "research",
+    "diagnostic", "clinical", "research", "presence", "reveal", "revealing", "revealed", "characterize",
+    "characterized", "characterization", "characterise", "characterised", "mapped", "documented", "document",
+    "morphology", "morphological", "architecture", "structural", "analysis", "analyze", "analyse", "visualizing",
+    "visualising", "demonstrating", "demonstrate", "displaying", "display", "displayed", "highlighted", "evidence",
+    "radiologic", "radiological", "radiographic", "assessed", "quantified", "quantification", "outlines", "depicts",
+    "shows", "features", "extent", "tissue", "parenchyma", "parenchymal", "measured", "measurement", "detailed",
+    "appearance", "image based", "based", "examined", "study of",
 )
 _FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
            "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",
@@ -107,6 +114,7 @@ for _label, _phrases in ((IMAGING, _IMAGING), (TASK, _TASK), (FILLER, _FILLER), 
     for _phrase in _phrases:
         _LEXICON.setdefault(tuple(canonical(w) for w in _phrase.split()), (_label, None))
 _LONGEST = max(len(k) for k in _LEXICON)
+_LONGEST_NAME = 6
 WORDS = frozenset(w for k in _LEXICON for w in k) | {"t1", "t2"}
 
 _BOUNDARY_WORDS = frozenset({"and", "or", "plus"})
@@ -126,25 +134,44 @@ class Word:
     names: str | None = None  # modality this word names ("ct", "mri", "pet", "pet+ct"), if any
 
 
-def words_of(text: str) -> list[Word]:
-    """The prompt as labelled words and separators (``,`` ``;`` ``+`` ``&`` ``/``)."""
+def words_of(text: str, names: Callable[[str], bool] = lambda phrase: False) -> list[Word]:
+    """The prompt as labelled words and separators (``,`` ``;`` ``+`` ``&`` ``/``); ``names(phrase)`` says
+    whether a phrase of two or more words is a trained name (those words are never context)."""
     s = light(text)
     for pattern, replacement in _COMPOUNDS:
         s = pattern.sub(replacement, s)
     out = [Word(t, t if not t.isalpha() else canonical(t)) for t in _TOKEN.findall(s)]
-    label(out)
+    label(out, names)
     return out
 
 
-def label(words: list[Word]) -> None:
-    """Label each word in place (longest lexicon phrase first)."""
+def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False) -> None:
+    """Label each word in place: trained names of 2+ words first ("mediastinal tissue"), unless they are a
+    region phrase ("thoracic cavity"), then the lexicon (longest phrase first)."""
+    protected = [False] * len(words)
+    for i in range(len(words)):
+        for n in range(min(_LONGEST_NAME, len(words) - i), 1, -1):
+            span = words[i:i + n]
+            if any(w.text in ",;+&/:()" for w in span) or _is_glue(span[0]) or _is_glue(span[-1]):
+                continue
+            region = _LEXICON.get(tuple(w.canon for w in span), (None,))[0] == REGION or all(
+                _LEXICON.get((w.canon,), (None,))[0] in (REGION, FILLER) for w in span)
+            if not region and names(" ".join(w.text for w in span)):
+                protected[i:i + n] = [True] * n
+                break
     i = 0
     while i < len(words):
         if words[i].text in ",;+&/:()":
             words[i].label = SEPARATOR
             i += 1
             continue
+        if protected[i]:
+            words[i].label, words[i].names = CONTENT, None
+            i += 1
+            continue
         for n in range(min(_LONGEST, len(words) - i), 0, -1):
+            if any(protected[i:i + n]):
+                continue
             found = _LEXICON.get(tuple(w.canon for w in words[i:i + n]))
             if found is not None:
                 for w in words[i:i + n]:
@@ -177,6 +204,11 @@ def label(words: list[Word]) -> None:
                 w.label, w.names = MODALITY, "mri"
 
 
+def _is_glue(word: Word) -> bool:
+    """An article or preposition: a trained name neither starts nor ends with one."""
+    return _LEXICON.get((word.canon,), (None,))[0] in (FILLER, PREPOSITION)
+
+
 def _is_boundary(word: Word) -> bool:
     return word.label == SEPARATOR or (word.label == CONTENT and word.canon in _BOUNDARY_WORDS)
 
@@ -186,7 +218,15 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
     phrases introduced by a preposition or followed by imaging words."""
     drop = [w.label in SET_ASIDE or w.text in _BREAKS for w in words]
     if regions:
+        before = list(drop)
         _set_aside_regions(words, drop)
+        if not any(w.label in (CONTENT, REGION) and not d for w, d in zip(words, drop)):
+            # Nothing would be left: the first region phrase is the structure ("the brain in whole-body CT").
+            first = next(i for i, (d, b) in enumerate(zip(drop, before)) if d and not b)
+            for i in range(first, len(words)):
+                if before[i] or not drop[i] or _is_boundary(words[i]):
+                    break
+                drop[i] = words[i].label == PREPOSITION
     _drop_dangling_prepositions(words, drop)
     kept = " ".join(w.text for w, d in zip(words, drop) if not d)
     aside, run = [], []
@@ -247,7 +287,7 @@ def _groups(run: list[Word]) -> list[tuple[str, str]]:
     """A set-aside run as (label, words) groups; prepositions and fillers go with the words after them."""
     groups: list[list] = []
     pending: list[Word] = []
-    for w in (w for w in run if w.text not in _BREAKS):
+    for w in (w for w in run if w.text not in _BREAKS and w.label != SEPARATOR):
         if w.label in (PREPOSITION, FILLER):
             pending.append(w)
             continue

@@ -414,6 +414,13 @@ def _speller() -> Speller:
     return Speller(known, targets, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words})
 
 
+def _is_name(phrase: str) -> bool:
+    """Whether a phrase is a trained term or an alias (as typed, up to spelling and word order)."""
+    v = load()
+    key = phrase_key(phrase)
+    return key in v.term_by_key or key in v.aliases
+
+
 def _resolved(parts) -> bool:
     return all(isinstance(found, (_Match, _Ambiguous)) for _, found in parts)
 
@@ -436,7 +443,7 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
     parts = _resolver(modality).prompt(text)
     if _resolved(parts):
         return _Reading(parts, modality)
-    words = _context.words_of(text)
+    words = _context.words_of(text, _is_name)
     reading = _Reading(parts, modality)
     named = _context.named_modalities(words)
     if named:
@@ -460,7 +467,7 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
                 f"{word.text!r} in {prompt!r} is not a known word and could be {shown}; write the one you mean",
                 prompt=prompt, suggestions=options, steps=tuple(reading.steps))
     if reading.corrections:
-        _context.label(words)
+        _context.label(words, _is_name)
         reading.steps += [f"corrected {c}" for c in reading.corrections]
     resolver = _resolver(modality)
     tried = {text}
