@@ -35,7 +35,8 @@ resolver reached when the table was last extended. Whoever improves the resolver
 to 0.01) and lowers ``WRONG_SILENT_RATCHET`` in the same commit; never the other way round. History: the resolver
 of 815a958 (before issue 15) reached 0.281 with 98 wrong-silent (91 untrained-modality warnings) on the first 687
 rows; 31f735c reached 1.000 on those 687 but 0.919 with 2 wrong-silent on the 136 rows of ``batch2_mixed.tsv``
-written after it, i.e. before it had seen them -- new rows are the honest measure of generality.
+written after it, and c6f3914/266d780 reached 0.823 with 0 wrong-silent on the 96 rows of ``batch3_mixed.tsv``
+before it had seen them -- rows the resolver has not been tuned on are the honest measure of generality.
 
 See the report: ``pytest tests/test_vocabulary_table.py -s`` or ``python tests/test_vocabulary_table.py``.
 """
@@ -57,8 +58,8 @@ from satseg.errors import InputError
 from satseg.vocabulary import resolve
 
 ACCURACY_FLOOR = 0.97  # issue 15 goal (with SATSEG_TABLE_GOAL=1), together with zero wrong-silent resolutions
-RATCHET = 0.99  # accuracy the committed resolver reached on this table (0.999 at c6f3914); only raise it
-WRONG_SILENT_RATCHET = 0  # wrong-silent resolutions it made (0 at c6f3914); only ever lower it
+RATCHET = 0.98  # accuracy the committed resolver reached on this table (0.980 at 266d780); only raise it
+WRONG_SILENT_RATCHET = 0  # wrong-silent resolutions it made (0 at 266d780); only ever lower it
 
 GOAL = os.environ.get("SATSEG_TABLE_GOAL", "").strip() not in ("", "0")
 
