@@ -64,7 +64,8 @@ _IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", 
             "sagittal", "3d", "3 d", "three dimensional", "volumetric", "tomogram", "film", "picture", "protocol",
             "tomography", "tomographic", "scanner", "reconstruction", "window", "short axis", "long axis", "four chamber",
             "4 chamber", "two chamber", "2 chamber", "three chamber", "3 chamber", "view", "plane", "thin slice",
-            "thick slice", "kernel", "level", "setting")
+            "thick slice", "kernel", "level", "setting", "fieldstrength", "inspiration", "expiration",
+            "inspiratory", "expiratory", "breath hold", "volumetry", "volumetric analysis")
 _TASK = (
     "segment", "segmentation", "segmented", "segmenting", "delineate", "delineation", "delineated", "delineating",
     "contour", "contouring", "contoured", "outline", "outlining", "outlined", "boundary", "border", "margin",
@@ -89,12 +90,12 @@ _TASK = (
     "visualising", "demonstrating", "demonstrate", "displaying", "display", "displayed", "highlighted", "evidence",
     "radiologic", "radiological", "radiographic", "assessed", "quantified", "quantification", "outlines", "depicts",
     "shows", "features", "extent", "tissue", "parenchyma", "parenchymal", "measured", "measurement", "detailed",
-    "appearance", "image based", "based", "examined", "study of",
+    "appearance", "image based", "based", "examined",
 )
 _FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
            "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",
            "full", "only", "just", "here", "there", "is", "are", "be", "which", "normal", "overall", "each",
-           "every", "respective", "corresponding", "given")
+           "every", "respective", "corresponding", "given", "me", "us", "we", "you", "i")
 _PREPOSITIONS = ("in", "on", "of", "from", "within", "at", "using", "with", "for", "by", "via", "into", "across",
                  "inside", "throughout", "over", "as", "to", "through")
 _REGIONS = ("abdomen", "abdominal", "abdominopelvic", "chest", "thorax", "thoracic", "pelvis", "pelvic", "head",
@@ -122,7 +123,7 @@ _TOKEN = re.compile(r"[a-z0-9]+|[,;+&/:()]")
 _BREAKS = frozenset(":()")  # end a phrase for the context rules; never part of the kept text
 _COMPOUNDS = [(re.compile(p), r) for p, r in (
     (r"\bpet\s*[/-]?\s*ct\b", "petct"), (r"\bpet\s*[/-]?\s*mri?\b", "petmr"), (r"\bt2\s*\*", "t2 star"),
-    (r"\b(\w+)'s\b", r"\1"), (r"(?<=[a-z]{3})\s*/\s*(?=[a-z]{3})", " / "),
+    (r"\b(\w+)'s\b", r"\1"), (r"\b\d(?:\.\d)?\s*t\b", "fieldstrength"), (r"(?<=[a-z]{3})\s*/\s*(?=[a-z]{3})", " / "),
 )]
 
 
@@ -224,9 +225,10 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
             # Nothing would be left: the first region phrase is the structure ("the brain in whole-body CT").
             first = next(i for i, (d, b) in enumerate(zip(drop, before)) if d and not b)
             for i in range(first, len(words)):
-                if before[i] or not drop[i] or _is_boundary(words[i]):
+                if before[i] or not drop[i] or _is_boundary(words[i]) or (
+                        i > first and words[i].label == PREPOSITION):
                     break
-                drop[i] = words[i].label == PREPOSITION
+                drop[i] = words[i].label in (PREPOSITION, FILLER)
     _drop_dangling_prepositions(words, drop)
     kept = " ".join(w.text for w, d in zip(words, drop) if not d)
     aside, run = [], []

@@ -30,6 +30,8 @@ _SPELLING = {
     "clavicula": "clavicle", "claviculae": "clavicle",
     # One word for one finding.
     "infarct": "infarction", "infarcts": "infarction",
+    # Radiotherapy structure names (AAPM TG-263: "Glnd_Submand_R", "OpticNrv_L", "Musc_Constrict").
+    "glnd": "gland", "submand": "submandibular", "nrv": "nerve", "musc": "muscle",
 }
 
 # Irregular plurals and Latin forms → singular.
@@ -68,9 +70,19 @@ _WORD_DIGITS = re.compile(r"\b([a-z]{3,})(\d{1,2})\b")
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z][a-z])")  # "OpticChiasm", "SpinalCord"; not "mpMRI"
+_TG263 = [(re.compile(p), r) for p, r in (
+    (r"^[av]_(?=[a-z]{3})", ""),  # category prefixes "A_" (artery) and "V_" (vein): the name says it
+    (r"_i$", " inferior"), (r"_s$", " superior"), (r"\bvenacava\b", "vena cava"),
+)]
+
+
 def light(text: str) -> str:
     """Lower case, unicode dashes as ``-``, ordinals as numbers, single spaces; punctuation kept."""
-    text = unicodedata.normalize("NFKC", text).lower().strip()
+    text = _CAMEL.sub(" ", unicodedata.normalize("NFKC", text)).lower().strip()
+    if "_" in text:
+        for pattern, replacement in _TG263:
+            text = pattern.sub(replacement, text)
     text = _DASHES.sub("-", text).replace("_", " ")
     text = _ORDINAL_SUFFIX.sub(r"\1", text)
     text = re.sub(r"\b(" + "|".join(_ORDINAL_WORDS) + r")\b", lambda m: str(_ORDINAL_WORDS[m.group(1)]), text)

@@ -50,6 +50,7 @@ _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 _DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
 _ADDABLE_SUFFIX = ("gland", "bone", "artery")
 _SHARED_HEAD = re.compile(r"^([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+) (.+)$")
+_SHARED_MODIFIER = re.compile(r"^(.+) ([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+)$")
 _SIDED_SUFFIX = ("hemisphere",)  # "left cerebellar hemisphere" is the left cerebellum; both hemispheres are not
 _POSITIONAL = ("inferior", "superior", "anterior", "posterior", "medial", "lateral", "upper", "lower", "middle")
 _EXTRA_KNOWN = ("both", "bilateral", "left", "right", "lt", "rt", "l", "r", "to", "through", "thru", "until",
@@ -123,6 +124,7 @@ class _Resolver:
     modality: str | None = None
     cache: dict = field(default_factory=dict)
     _lesions: dict | None = None
+    _heads: frozenset | None = None
 
     # -- one phrase ---------------------------------------------------------------------------------------------
     def phrase(self, text: str) -> _Match | _Ambiguous | _Refusal | None:
@@ -177,6 +179,13 @@ class _Resolver:
                 return _Match(found.terms, method, f"{how}, then {found.how}")
         return None
 
+    def head_nouns(self) -> frozenset[str]:
+        """Last words of the trained names of two or more words ("gland", "cavity", "lobe", "bowel")."""
+        if self._heads is None:
+            self._heads = frozenset(k.split()[-1] for k in self.vocabulary.term_by_key
+                                    if len(k.split()) > 1 and k.split()[-1].isalpha())
+        return self._heads
+
     def _rewrites(self, key: str):
         v = self.vocabulary
         words = key.split()
@@ -200,6 +209,10 @@ class _Resolver:
             yield " ".join(words[:-1]), f"without {words[-1]!r}", "synonym"
         if len(words) > 1 and words[-1] in _POSITIONAL:  # "vena cava inferior" (Latin order)
             yield phrase_key(" ".join([words[-1], *words[:-1]])), "word order", None
+        side = words[:1] if words[0] in LATERALITY else []
+        rest = words[len(side):]
+        if len(rest) > 1 and rest[0] in self.head_nouns():  # "Bowel_Small", "Glnd_Lacrimal_L": category first
+            yield phrase_key(" ".join(side + rest[1:] + rest[:1])), "word order (category first)", None
         for suffix in _ADDABLE_SUFFIX:
             vein = suffix == "artery" and any(f"{key} {w}" in v.term_by_key for w in ("vein", "vena"))
             if words[-1] not in _DROPPABLE_SUFFIX and f"{key} {suffix}" in v.term_by_key and not vein:
@@ -260,11 +273,17 @@ class _Resolver:
         return None
 
     def _shared_head(self, text: str) -> list | None:
-        """"grey and white matter" = grey matter + white matter, when the first word alone is no structure."""
-        m = _SHARED_HEAD.match(" ".join(light(text).split()))
-        if not m or isinstance(self.phrase(m.group(1)), (_Match, _Ambiguous)):
-            return None
-        first, second = f"{m.group(1)} {m.group(3)}", f"{m.group(2)} {m.group(3)}"
+        """"grey and white matter" = grey matter + white matter, when the first word alone is no structure;
+        "kidney tumor and cyst" = kidney tumor + kidney cyst, when the last word alone is none."""
+        plain = " ".join(light(text).split())
+        m = _SHARED_HEAD.match(plain)
+        if m and not isinstance(self.phrase(m.group(1)), (_Match, _Ambiguous)):
+            first, second = f"{m.group(1)} {m.group(3)}", f"{m.group(2)} {m.group(3)}"
+        else:
+            m = _SHARED_MODIFIER.match(plain)
+            if not m or isinstance(self.phrase(m.group(3)), (_Match, _Ambiguous)):
+                return None
+            first, second = f"{m.group(1)} {m.group(2)}", f"{m.group(1)} {m.group(3)}"
         parts = [(first, self.phrase(first)), (second, self.phrase(second))]
         return parts if _resolved(parts) else None
 
