@@ -102,3 +102,31 @@ def test_console_script_lists_terms_as_json():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert {e["name"] for e in json.loads(done.stdout)} == {"head and neck tumor", "lymph node", "tumor"}
+
+
+def test_explain_shows_each_step_of_the_reading(capsys):
+    assert main(["terms", "--explain", "segment the splen on contrast-enhanced abdominal CT", "-m", "ct"]) == 0
+    out = capsys.readouterr().out
+    assert "corrected 'splen' → 'spleen'" in out and "set aside" in out and "terms:       spleen" in out
+
+
+def test_explain_json_records_context_corrections_and_the_findings_rule(capsys):
+    record = _json_out(capsys, ["terms", "--explain", "renal masses on CT", "--json"])
+    assert set(record["terms"]) == {"kidney cyst", "kidney tumor"} and record["method"] == "finding"
+    assert record["modality"] == "ct" and record["context"] and record["corrections"] == []
+    assert any("union of all lesion terms" in step for step in record["steps"])
+
+
+def test_explain_json_of_a_refusal_prints_the_suggestions_and_exits_2(capsys):
+    assert main(["terms", "--explain", "kidney stone", "--json"]) == 2
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["refused"] and record["suggestions"][0] == "kidney" and len(record["suggestions"]) <= 5
+    assert captured.err.startswith("satseg: error: ") and captured.err.count("\n") == 1
+
+
+def test_explain_of_an_untrained_modality_exits_2_unless_allowed(capsys):
+    assert main(["terms", "--explain", "left lung", "-m", "mri"]) == 2
+    assert "trained on CT" in capsys.readouterr().err
+    assert main(["terms", "--explain", "left lung", "-m", "mri", "--allow-untrained-modality"]) == 0
+    assert "warning:" in capsys.readouterr().out
