@@ -31,6 +31,7 @@ _SPELLING = {
     # One word for one finding.
     "infarct": "infarction", "infarcts": "infarction",
     # Radiotherapy structure names (AAPM TG-263: "Glnd_Submand_R", "OpticNrv_L", "Musc_Constrict").
+    "bilaterally": "bilateral",
     "glnd": "gland", "submand": "submandibular", "nrv": "nerve", "musc": "muscle",
 }
 

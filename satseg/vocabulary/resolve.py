@@ -43,7 +43,8 @@ _RIB_RANGE = re.compile(
     r"^(?:(left|right|both|bilateral)\s+)?(?:ribs?\s+(\d{1,2})" + _RANGE_SEP + r"(\d{1,2})|(\d{1,2})"
     + _RANGE_SEP + r"(\d{1,2})\s+ribs?)(?:\s+(?:on the\s+)?(left|right|both sides|bilateral))?$")
 _BOTH_BEFORE = re.compile(r"^(?:left and right|right and left|left right|right left|both|bilateral) (.+)$")
-_BOTH_AFTER = re.compile(r"^(.+?) (?:left and right|right and left|left right|right left|both|on both|bilateral)$")
+_BOTH_AFTER = re.compile(r"^(.+?) (?:left and right|right and left|left right|right left|both|on both|bilateral|"
+                         r"on both sides)$")
 _SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as\b|(?<=[a-z]{3})\s*/(?=\s*[a-z]{3}))"
                         r"\s*)+")
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
@@ -703,4 +704,5 @@ def _similarity(query: str, key: str, query_words: list[str]) -> float:
     key_words = key.split()
     word_match = sum(max(_ratio(kw, qw) for qw in query_words) for kw in key_words) / len(key_words)
     covered = sum(1 for qw in query_words if max(_ratio(qw, kw) for kw in key_words) >= 0.75) / len(query_words)
-    return max(_ratio(query, key), word_match * (0.7 + 0.3 * covered))
+    contained = 0.1 if len(query_words) > 1 and set(query_words) <= set(key_words) else 0.0  # "portal vein"
+    return max(_ratio(query, key), word_match * (0.7 + 0.3 * covered)) + contained
