@@ -42,7 +42,7 @@ _MODALITY_PHRASES = {
     "ssfp": "mri", "diffusion weighted": "mri", "diffusion": "mri", "proton density": "mri", "t2 star": "mri",
     "pet": "pet", "petct": "pet+ct", "petmr": "pet+mri", "fdg": "pet", "psma": "pet", "suv": "pet",
     "positron emission tomography": "pet", "dotatate": "pet",
-    "contrast": "", "contrast enhanced": "", "enhanced": "", "non contrast": "", "noncontrast": "",
+    "contrast": "", "post": "", "pre": "", "contrast enhanced": "", "enhanced": "", "non contrast": "", "noncontrast": "",
     "unenhanced": "", "nonenhanced": "", "non enhanced": "", "post contrast": "", "pre contrast": "",
     "postcontrast": "", "precontrast": "", "iv contrast": "", "intravenous contrast": "", "ce": "",
     "arterial phase": "", "venous phase": "", "portal venous phase": "", "portal phase": "", "delayed phase": "",

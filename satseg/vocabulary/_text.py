@@ -131,6 +131,14 @@ def tokens(text: str) -> list[str]:
     return out
 
 
+def counts(text: str) -> bool:
+    """A number before a plural is a count ("12 ribs"), not an ordinal ("12th rib", "left 12 rib")."""
+    typed = [w for w in _NON_ALNUM.sub(" ", light(text)).split() if w not in ("the", "all", *LATERALITY)]
+    if len(typed) < 2 or not typed[0].isdigit():
+        return False
+    return typed[1].isalpha() and singular(_SPELLING.get(typed[1], typed[1])) != typed[1]
+
+
 def phrase_key(text: str) -> str:
     """Comparison key of a phrase; a single laterality word anywhere moves to the front."""
     words = tokens(text)
@@ -142,6 +150,7 @@ def phrase_key(text: str) -> str:
         words.insert(0, sides[0])
     # An ordinal before the structure goes after it: "left 1 rib" → "left rib 1", "1 lumbar vertebra" → ...
     first = 1 if words and words[0] in LATERALITY else 0
-    if len(words) > first + 1 and words[first].isdigit() and not any(w.isdigit() for w in words[first + 1:]):
+    if (len(words) > first + 1 and words[first].isdigit() and not any(w.isdigit() for w in words[first + 1:])
+            and not counts(text)):
         words.append(words.pop(first))
     return " ".join(words)

@@ -27,7 +27,7 @@ from functools import lru_cache
 from satseg.errors import PromptError
 from satseg.vocabulary import _context, _findings
 from satseg.vocabulary._spelling import Speller
-from satseg.vocabulary._text import LATERALITY, canonical, light, phrase_key, tokens
+from satseg.vocabulary._text import LATERALITY, canonical, counts, light, phrase_key, tokens
 from satseg.vocabulary.catalog import MODALITIES, Vocabulary, load, normalize_modality
 
 MAX_PARTS = 40
@@ -147,7 +147,7 @@ class _Resolver:
         if entry and entry.group(2) in v.terms:
             return _Match((entry.group(2),), "exact", f"terminology entry {raw!r}")
         key = phrase_key(text)
-        if not key:
+        if not key or counts(text):  # "12 ribs" counts ribs; it names none of them
             return None
         found = self.key(key, depth=2)
         if found is not None:
