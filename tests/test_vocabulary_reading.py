@@ -211,6 +211,13 @@ def test_slashes_or_and_shared_words_make_unions(prompt, expected):
     assert _terms(prompt, modality) == expected
 
 
+def test_a_leading_number_before_a_plural_is_a_count_not_an_ordinal():
+    assert _refused("12 ribs", "ct").suggestions
+    assert _terms("12th rib", "ct") == {"rib 12"}
+    assert _terms("1st to 3rd ribs", "ct") == {"rib 1", "rib 2", "rib 3"}
+    assert _terms("COVID-19 lesions", "ct") == {"covid-19 infection"}
+
+
 # -- 5. groups ------------------------------------------------------------------------------------------------------
 
 def test_a_written_out_union_lists_its_members_in_the_explanation():
@@ -248,7 +255,7 @@ def test_a_word_close_to_two_known_words_is_refused_naming_both():
     assert error.suggestions[0] == "urinary bladder"
 
 
-@pytest.mark.parametrize("prompt", ["cerebrum", "kidney stone", "ureter", "lever"])
+@pytest.mark.parametrize("prompt", ["cerebrum", "kidney stone", "ureter", "lever", "river", "light", "eight ribs"])
 def test_real_words_are_never_corrected_into_terms(prompt):
     error = _refused(prompt, "ct")
     assert "corrected" not in " ".join(error.steps)

@@ -335,7 +335,7 @@ def build(reference: Path, totalseg_map: Path) -> dict:
         "vertebra_levels": levels,
         "totalsegmentator": totalseg,
         "knowledge_concepts_without_sat_term": unmapped,
-        "knowledge_words": _knowledge_words(knowledge, tables),
+        "knowledge_words": sorted(set(_knowledge_words(knowledge, tables)) | set(curated.get("real_words", []))),
     }
 
 
