@@ -44,5 +44,6 @@ def wanted_types(finding_words: list[str]) -> tuple[set[str], str]:
     types = {FINDING_WORDS[w] for w in finding_words}
     specific = types - {"any"}
     if not specific:
-        return set(LESION_TYPES.values()), "a general finding word means the union of all lesion terms trained"
-    return specific, f"'{' '.join(finding_words)}' means the {'/'.join(sorted(specific))} lesion terms trained"
+        return set(LESION_TYPES.values()), ("a general finding word (lesion, mass, abnormality) means the union of "
+                                            "all lesion terms trained")
+    return specific, f"{' '.join(finding_words)!r} means the {'/'.join(sorted(specific))}-type lesion terms trained"

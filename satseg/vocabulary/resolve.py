@@ -170,6 +170,8 @@ class _Resolver:
             return _Ambiguous(key, tuple(v.ambiguous[key]))
         if key in v.aliases:
             alias = v.aliases[key]
+            if alias["source"] == "word form":
+                return _Match((alias["term"],), alias["method"], f"word form {key!r} → {alias['term']!r}")
             return _Match((alias["term"],), alias["method"], f"{alias['method']} ({alias['source']})")
         if depth == 0:
             return None
@@ -349,9 +351,7 @@ class _Resolver:
                             f"{', '.join(options)}", options)
         trained = [t for t in chosen if self.modality in self.vocabulary.modalities_of(t)]
         chosen = trained or chosen
-        how = (f"finding {' '.join(found)!r} on {owner!r}{organ}: {rule} for {owner}{on_modality} "
-               f"(rule: a finding on an organ means its lesion terms of that type trained for the modality; "
-               f"lesion, mass: all of them)")
+        how = f"finding {' '.join(found)!r} on {owner!r}{organ}; rule: {rule} for the {owner}{on_modality}"
         return _Match(tuple(chosen), "finding", how)
 
     def _lesion_term(self, words: list[str]) -> _Match | None:
