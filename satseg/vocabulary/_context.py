@@ -87,7 +87,8 @@ _TASK = (
     "prediction", "map", "mapping", "evaluate", "evaluation", "assess", "assessment", "of interest",
     "trauma", "staging", "restaging", "follow up", "followup", "screening", "baseline", "preoperative",
     "postoperative", "emergency", "routine", "surveillance", "workup", "work up", "where", "what", "how",
-    "diagnostic", "clinical", "research", "presence", "reveal", "revealing", "revealed", "characterize",
+    "diagnostic", "clinical", "research", "provide", "return", "output", "perform", "run", "do", "make", "needed",
+    "required", "request", "requested", "presence", "reveal", "revealing", "revealed", "characterize",
     "characterized", "characterization", "characterise", "characterised", "mapped", "documented", "document",
     "morphology", "morphological", "architecture", "structural", "analysis", "analyze", "analyse", "visualizing",
     "visualising", "demonstrating", "demonstrate", "displaying", "display", "displayed", "highlighted", "evidence",
@@ -186,7 +187,9 @@ def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False
             words[i].label = CONTENT
             i += 1
     for i, w in enumerate(words):  # "the CT volume" is the image; "liver volume" asks for a measurement
-        if w.canon == "volume" and w.label == CONTENT and i > 0 and words[i - 1].label in (MODALITY, IMAGING):
+        after_imaging = i > 0 and words[i - 1].label in (MODALITY, IMAGING)
+        after_article = i > 1 and words[i - 1].label == FILLER and words[i - 2].label == PREPOSITION  # "in this"
+        if w.canon == "volume" and w.label == CONTENT and (after_imaging or after_article):
             w.label = IMAGING
     for i, w in enumerate(words):  # "lung window", "soft tissue window": a display setting, not a structure
         if w.canon in ("window", "level", "setting") and w.label == IMAGING:

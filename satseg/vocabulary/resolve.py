@@ -175,11 +175,13 @@ class _Resolver:
             return _Match((alias["term"],), alias["method"], f"{alias['method']} ({alias['source']})")
         if depth == 0:
             return None
-        for rewritten, how, renamed_by in self._rewrites(key):
-            found = self.key(rewritten, depth - 1)
-            if isinstance(found, _Match):
-                method = renamed_by if found.method == "exact" and renamed_by else found.method
-                return _Match(found.terms, method, f"{how}, then {found.how}")
+        rewrites = list(self._rewrites(key))
+        for level in range(depth):  # the fewest rewrites first: "costal cartilage region" is costal cartilage,
+            for rewritten, how, renamed_by in rewrites:  # not "rib cartilage" by a word form and a dropped word
+                found = self.key(rewritten, level)
+                if isinstance(found, _Match):
+                    method = renamed_by if found.method == "exact" and renamed_by else found.method
+                    return _Match(found.terms, method, f"{how}, then {found.how}")
         return None
 
     def head_nouns(self) -> frozenset[str]:
@@ -207,9 +209,10 @@ class _Resolver:
         if substituted != words:
             forms = ", ".join(f"{w!r} → {s!r}" for w, s in zip(words, substituted) if w != s)
             yield phrase_key(" ".join(substituted)), f"word form {forms}", "synonym"
-        if len(words) > 1 and words[-1] in _DROPPABLE_SUFFIX and (words[-1] not in _SIDED_SUFFIX
-                                                                 or words[0] in LATERALITY):
-            yield " ".join(words[:-1]), f"without {words[-1]!r}", "synonym"
+        last = max((i for i, w in enumerate(words) if not w.isdigit()), default=0)  # "3 ventricle region" → key
+        if last > 0 and words[last] in _DROPPABLE_SUFFIX and (words[last] not in _SIDED_SUFFIX  # "ventricle region 3"
+                                                             or words[0] in LATERALITY):
+            yield " ".join(words[:last] + words[last + 1:]), f"without {words[last]!r}", "synonym"
         if len(words) > 1 and words[-1] in _POSITIONAL:  # "vena cava inferior" (Latin order)
             yield phrase_key(" ".join([words[-1], *words[:-1]])), "word order", None
         side = words[:1] if words[0] in LATERALITY else []
