@@ -499,7 +499,7 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
         kept, aside = _context.set_aside(words, regions)
         if not kept.strip():
             break
-        if kept in tried and modality == reading.modality and not reading.corrections:
+        if kept in tried:
             continue
         tried.add(kept)
         parts = resolver.prompt(kept)
@@ -507,7 +507,6 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
             break
     reading.parts = parts
     reading.context = [f"{label}: {phrase!r}" for label, phrase in aside]
-    reading.steps[len(reading.corrections) and 0:0] = []
     reading.steps += [f"set aside {c}" for c in reading.context]
     if not kept.strip():
         reading.parts = [(text, None)]
