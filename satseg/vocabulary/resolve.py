@@ -507,7 +507,8 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
             break
     reading.parts = parts
     reading.context = [f"{label}: {phrase!r}" for label, phrase in aside]
-    reading.steps += [f"set aside {c}" for c in reading.context]
+    if aside:
+        reading.steps.append("set aside " + ", ".join(f"{label} {phrase!r}" for label, phrase in aside))
     if not kept.strip():
         reading.parts = [(text, None)]
     return reading
@@ -558,11 +559,13 @@ def _modality_check(terms: tuple[str, ...], modality: str | None, vocabulary: Vo
     said = "; ".join(f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, "
                      f"not on {modality.upper()}" for t in untrained)
     if not allow:
-        options = tuple(s for s in suggest(untrained[0], k=10, modality=modality)
-                        if modality in vocabulary.modalities_of(s))[:5]
+        words = {w for t in untrained for w in t.split() if w not in LATERALITY and not w.isdigit()}
+        options = tuple(n for n in suggest(untrained[0], k=40, modality=modality)  # same structure words only
+                        if modality in vocabulary.modalities_of(n) and words & set(n.split()))[:5]
+        nearby = f"; trained on {modality.upper()}: {', '.join(options)}" if options else ""
         raise PromptResolutionError(
             f"{said}: its mask would be unreliable, so it is refused (pass --allow-untrained-modality to run it "
-            "anyway)", prompt=prompt, suggestions=options, untrained_modality=True, steps=tuple(steps))
+            f"anyway){nearby}", prompt=prompt, suggestions=options, untrained_modality=True, steps=tuple(steps))
     return [f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, not on "
             f"{modality.upper()}; expect unreliable masks (run with --allow-untrained-modality)" for t in untrained]
 
