@@ -22,7 +22,7 @@ def test_info_json_reports_the_installed_versions(isolated_home, capsys):
     report = info_json(capsys)
 
     versions = report["versions"]
-    assert versions["satseg"] == satseg.__version__
+    assert versions["satseg"] == satseg.__version__ == metadata.version("satseg-medical")  # the distribution's name
     assert versions["python"] == platform.python_version()
     for package in ("torch", "transformers", "huggingface_hub"):
         assert versions[package] == metadata.version(package)

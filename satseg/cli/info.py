@@ -19,6 +19,10 @@ _PACKAGES = ("satseg", "torch", "transformers", "huggingface_hub", "numpy", "Sim
 
 
 def _version(package: str) -> str | None:
+    if package == "satseg":  # this package's own version (its distribution is called satseg-medical)
+        from satseg import __version__
+
+        return __version__
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
