@@ -234,7 +234,42 @@ def test_names_that_differ_only_in_case_get_separate_folders(tmp_path):
 
 def test_a_summary_cell_that_looks_like_markup_is_printed_as_text(env, small_scan, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(json.dumps({"image": str(small_scan), "prompts": ["liver[/b]"], "case": "a[b]c"}) + "\n")
+    jobs.write_text(json.dumps({"image": str(small_scan.parent / "missing[/b].nii.gz"), "prompts": ["liver"],
+                                "case": "a[b]c"}) + "\n")
     done = run_cli("batch", "--jobs", str(jobs), "-o", str(tmp_path / "out"), "--model", "tiny-test", env=env)
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr and "a[b]c" in done.stderr
+
+
+def test_a_jobs_prompt_that_cannot_be_read_stops_the_cohort_before_any_case_runs(env, small_scan, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": str(small_scan), "prompts": ["liver"]}) + "\n"
+                    + json.dumps({"image": str(small_scan), "prompts": ["liver"], "modality": "pet",
+                                  "case": "b"}) + "\n"
+                    + json.dumps({"image": str(small_scan), "prompts": ["no such organ"], "case": "c"}) + "\n")
+    done = run_cli("batch", "--jobs", str(jobs), "-o", str(tmp_path / "out"), "--model", "tiny-test", env=env)
+    assert done.returncode == 2, done.stderr
+    assert f"{jobs}:2" in done.stderr and "trained" in done.stderr  # liver is not a PET term
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_term_not_trained_for_the_modality_is_refused_unless_allowed_and_the_warning_is_kept(
+    env, small_scan, tmp_path
+):
+    refused = run_cli(str(small_scan), "-p", "left lung", "--modality", "mri", "-o", str(tmp_path / "no"),
+                      "--model", "tiny-test", env=env)
+    assert refused.returncode == 2 and "trained" in refused.stderr and "ct" in refused.stderr.lower()
+    assert not (tmp_path / "no").exists()
+
+    allowed = run_cli(str(small_scan), "-p", "left lung", "--modality", "mri", "-o", str(tmp_path / "yes"),
+                      "--model", "tiny-test", "--allow-untrained-modality", "--report", "run.json", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    report = json.loads((tmp_path / "yes" / "run.json").read_text())
+    assert any("trained" in w for w in report["warnings"])
+
+    batch = run_cli("batch", str(small_scan), "-p", "left lung", "--modality", "mri", "-o", str(tmp_path / "b"),
+                    "--model", "tiny-test", "--allow-untrained-modality", env=env)
+    assert batch.returncode == 0 and "warning(s)" in batch.stdout and "with warnings" in batch.stderr
+    refused = run_cli("batch", str(small_scan), "-p", "left lung", "--modality", "mri", "-o", str(tmp_path / "c"),
+                      "--model", "tiny-test", env=env)
+    assert refused.returncode == 2 and not (tmp_path / "c").exists()

@@ -12,7 +12,7 @@ import typer
 from satseg.cli._console import stage, window_progress
 
 from satseg.cli.segment import (
-    COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
+    ALLOW_UNTRAINED, COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
     STATISTICS, THREADS, WINDOW_BATCH, check_model_name,
 )
 
@@ -39,6 +39,7 @@ def batch(
     threads: int = THREADS,
     compile_model: bool = COMPILE,
     free_text: bool = FREE_TEXT,
+    allow_untrained_modality: bool = ALLOW_UNTRAINED,
     probabilities: bool = PROBABILITIES,
     ml: bool = MULTILABEL,
     statistics: bool = STATISTICS,
@@ -62,11 +63,8 @@ def batch(
                                  "(or a non-empty \"prompts\" list to every job in --jobs)")
     cases = select_shard(cases, parse_shard(shard))
     check_output_dir(out)
-    prompt_options = PromptOptions(free_text=free_text)
-    if prompts:  # refuse unknown prompts before any case runs or a model loads
-        from satseg.inference.prepare import prepare_prompts
-
-        prepare_prompts(list(prompts), _vocabulary_modality(modality), prompt_options)
+    prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
+    _check_prompts(cases, prompts, modality, prompt_options)
     runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
                              prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
     options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
@@ -77,6 +75,29 @@ def batch(
     runner.summary()
     if runner.failed:
         raise typer.Exit(EXIT_COHORT_FAILED)
+
+
+def _check_prompts(cases, prompts, modality, prompt_options) -> None:
+    """Refuse unknown prompts, and terms not trained for a modality that is known already, before any case runs or
+    a model loads (a mistake in line 5,000 of a jobs file is found now, not hours into the cohort)."""
+    from satseg.errors import InputError, PromptError
+    from satseg.inference.prepare import prepare_prompts
+
+    checked = set()
+    if prompts:
+        prepare_prompts(list(prompts), _vocabulary_modality(modality), prompt_options)
+        checked.add((tuple(prompts), modality))
+    for case in cases:
+        if not case.prompts:
+            continue
+        key = (tuple(case.prompts), case.modality or modality)
+        if key in checked:
+            continue
+        try:
+            prepare_prompts(list(case.prompts), _vocabulary_modality(key[1]), prompt_options)
+        except PromptError as exc:
+            raise InputError(f"{case.origin or case.name}: {exc}") from None
+        checked.add(key)
 
 
 def _vocabulary_modality(modality: str | None) -> str | None:

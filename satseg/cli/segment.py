@@ -30,6 +30,9 @@ COMPILE = typer.Option(False, "--compile",
 PROMPT_CHUNK = typer.Option(32, "--prompt-chunk", min=1, help="Prompts decoded together.")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for torch.")
 FREE_TEXT = typer.Option(False, "--free-text", help="Send unresolvable prompts to the text encoder as they are.")
+ALLOW_UNTRAINED = typer.Option(False, "--allow-untrained-modality",
+                               help="Run a term that was not trained for the scan's modality (the warning is kept in "
+                                    "the report and the batch summary) instead of refusing it.")
 PROBABILITIES = typer.Option(False, "--probabilities",
                              help="Also write float32 probability maps: probabilities/<name>.nii.gz.")
 MULTILABEL = typer.Option(False, "--ml", help="Also write one multilabel file segmentation.nii.gz + legend.")
@@ -53,6 +56,7 @@ def segment(
     threads: int = THREADS,
     compile_model: bool = COMPILE,
     free_text: bool = FREE_TEXT,
+    allow_untrained_modality: bool = ALLOW_UNTRAINED,
     probabilities: bool = PROBABILITIES,
     ml: bool = MULTILABEL,
     statistics: bool = STATISTICS,
@@ -73,7 +77,7 @@ def segment(
 
         raise InputError(f"--report {report} is a folder; give the path of the JSON file to write")
     scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
-    prompt_options = PromptOptions(free_text=free_text)
+    prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
     stage(f"reading {scan}")
     case = prepare_case(scan, prompts or [], scan_options, prompt_options)
     for warning in case.warnings:
