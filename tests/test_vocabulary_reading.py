@@ -322,3 +322,22 @@ def test_every_step_of_a_resolution_is_a_one_line_string():
     resolution = resolve("segment the splen on contrast-enhanced abdominal CT", "ct")
     assert resolution.terms == ("spleen",)
     assert all(isinstance(s, str) and "\n" not in s for s in resolution.steps)
+
+
+@pytest.mark.parametrize("prompt", ["CT, scan", "+", "of the", "in the abdomen", "( )", "and", "left", "T1 weighted"])
+def test_prompts_of_context_words_only_are_refused_not_crashed(prompt):
+    assert isinstance(_refused(prompt, "ct"), PromptError)
+
+
+def test_random_word_salad_only_ever_raises_prompt_errors():
+    import random
+
+    rng = random.Random(15)
+    words = ("liver kidney left right of the in on and or , ; + / : ( ) ct mri pet scan lesion mass T1 L1 12 3rd "
+             "axial contrast-enhanced abdominal whole-body head neck renal splen tumour PET/CT segment").split()
+    for _ in range(2000):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        try:
+            resolve(prompt, rng.choice(["ct", "mri", "pet", None]))
+        except PromptError:
+            pass

@@ -229,7 +229,7 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
         _set_aside_regions(words, drop)
         if not any(w.label in (CONTENT, REGION) and not d for w, d in zip(words, drop)):
             # Nothing would be left: the first region phrase is the structure ("the brain in whole-body CT").
-            first = next(i for i, (d, b) in enumerate(zip(drop, before)) if d and not b)
+            first = next((i for i, (d, b) in enumerate(zip(drop, before)) if d and not b), len(words))
             for i in range(first, len(words)):
                 if before[i] or not drop[i] or _is_boundary(words[i]) or (
                         i > first and words[i].label == PREPOSITION):

@@ -143,7 +143,8 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
     kept, aside = text, []
     for regions in (False, True):
         kept, aside = _context.set_aside(words, regions)
-        if not kept.strip():
+        if not any(c.isalnum() for c in kept):
+            kept = ""
             break
         if kept in tried:
             continue
