@@ -47,7 +47,7 @@ def batch(
     report: bool = typer.Option(False, "--report", help="Write report.json in every case folder."),
 ) -> None:
     from satseg.errors import EXIT_COHORT_FAILED, InputError
-    from satseg.inference.cohort import expand_inputs, parse_shard, read_jobs, select_shard
+    from satseg.inference.cohort import environment_shards, expand_inputs, parse_shard, read_jobs, select_shard
     from satseg.inference.options import PromptOptions, RuntimeOptions
     from satseg.outputs.case import OutputOptions, check_output_dir
 
@@ -61,7 +61,13 @@ def batch(
                 where = case.origin or case.name
                 raise InputError(f"{where}: no prompts for this case: add -p/--prompt "
                                  "(or a non-empty \"prompts\" list to every job in --jobs)")
+    # This process's share: --shard, and the launcher's (a Slurm job array's task, torchrun's rank), each
+    # applied to what the one before left, so shares of shares stay disjoint and cover the cohort.
     cases = select_shard(cases, parse_shard(shard))
+    for k, n, where in environment_shards():
+        cases = select_shard(cases, (k, n))
+        log.info("%s: %d case(s) in this process's share %d/%d", where, len(cases), k, n)
+    device = _local_device(device)
     check_output_dir(out)
     prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
     _check_prompts(cases, prompts, modality, prompt_options)
@@ -75,6 +81,20 @@ def batch(
     runner.summary()
     if runner.failed:
         raise typer.Exit(EXIT_COHORT_FAILED)
+
+
+def _local_device(device: str) -> str:
+    """Under torchrun on a machine with GPUs, ``--device auto`` is this process's own GPU (``LOCAL_RANK``)."""
+    import os
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if (device or "auto").lower() != "auto" or local_rank is None or not local_rank.isdigit():
+        return device
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > int(local_rank):
+        return f"cuda:{local_rank}"
+    return device
 
 
 def _check_prompts(cases, prompts, modality, prompt_options) -> None:

@@ -11,6 +11,7 @@ path a line, ``-`` for standard input, or a ``jobs.jsonl`` whose lines give per-
 from __future__ import annotations
 
 import json
+import os
 import sys
 import unicodedata
 from dataclasses import dataclass, field
@@ -188,6 +189,40 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if n < 1 or not 1 <= k <= n:
         raise InputError(f"--shard {text}: K must be between 1 and N")
     return k, n
+
+
+def environment_shards(environ=None) -> list[tuple[int, int, str]]:
+    """The shares of a cohort that the launcher gave this process, outermost first: a Slurm job array's task
+    (``SLURM_ARRAY_TASK_ID`` of ``SLURM_ARRAY_TASK_COUNT``, with the array's MIN and STEP), then torchrun's rank
+    (``RANK`` of ``WORLD_SIZE``). Each is ``(K, N, where)`` with K from 1; none when not launched so.
+
+    Raises:
+        InputError: the variables are set but make no sense (a rank outside the world, an id off the array).
+    """
+    env = os.environ if environ is None else environ
+    shards = []
+    if env.get("SLURM_ARRAY_TASK_COUNT") and env.get("SLURM_ARRAY_TASK_ID"):
+        try:
+            count, task = int(env["SLURM_ARRAY_TASK_COUNT"]), int(env["SLURM_ARRAY_TASK_ID"])
+            first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+        except ValueError:
+            raise InputError("the SLURM_ARRAY_TASK_* variables are not numbers") from None
+        index, off_step = divmod(task - first, step)
+        if off_step or not 0 <= index < count:
+            raise InputError(f"SLURM_ARRAY_TASK_ID {task} is not one of the array's {count} tasks "
+                             f"(from {first}, step {step})")
+        if count > 1:
+            shards.append((index + 1, count, f"Slurm array task {task}"))
+    if env.get("WORLD_SIZE") and env.get("RANK"):
+        try:
+            world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+        except ValueError:
+            raise InputError("RANK and WORLD_SIZE are not numbers") from None
+        if not 0 <= rank < world:
+            raise InputError(f"RANK {rank} is outside WORLD_SIZE {world}")
+        if world > 1:
+            shards.append((rank + 1, world, f"rank {rank} of {world}"))
+    return shards
 
 
 def select_shard(cases: list[Case], shard: tuple[int, int] | None) -> list[Case]:
