@@ -341,3 +341,25 @@ def test_random_word_salad_only_ever_raises_prompt_errors():
             resolve(prompt, rng.choice(["ct", "mri", "pet", None]))
         except PromptError:
             pass
+
+
+@pytest.mark.parametrize(("prompt", "modality", "expected"), [
+    ("Brain MRI, hippocampus", "mri", {"hippocampus"}), ("Cardiac MRI, myocardium", "mri", {"myocardium"}),
+    ("MRI brain - hippocampus", "mri", {"hippocampus"}), ("Brain MRI, T1: left thalamus", "mri", {"left thalamus"}),
+    ("brain MRI", "mri", {"brain"}), ("CT head and neck: parotid glands", "ct", {"parotid gland"}),
+])
+def test_the_exam_named_before_a_list_is_context_not_one_more_structure(prompt, modality, expected):
+    assert _terms(prompt, modality) == expected
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("nodules in both lungs", {"lung nodule"}), ("bilateral renal masses", {"kidney tumor", "kidney cyst"}),
+])
+def test_a_finding_on_both_sides_is_the_organs_lesion_terms(prompt, expected):
+    assert _terms(prompt, "ct") == expected
+
+
+def test_a_finding_on_one_side_of_an_organ_with_unsided_lesion_terms_is_refused_with_them():
+    error = _refused("There is a 2 cm mass in the right kidney", "ct")
+    assert "not sided" in str(error) and "kidney tumor" in error.suggestions
+    assert "lung tumor" in _refused("tumor in the left lung", "ct").suggestions

@@ -99,7 +99,7 @@ _TASK = (
 _FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
            "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",
            "full", "only", "just", "here", "there", "is", "are", "be", "which", "normal", "overall", "each",
-           "every", "respective", "corresponding", "given", "me", "us", "we", "you", "i")
+           "every", "respective", "corresponding", "given", "me", "us", "we", "you", "i", "lesionsize")
 _PREPOSITIONS = ("in", "on", "of", "from", "within", "at", "using", "with", "for", "by", "via", "into", "across",
                  "inside", "throughout", "over", "as", "to", "through")
 _REGIONS = ("abdomen", "abdominal", "abdominopelvic", "chest", "thorax", "thoracic", "pelvis", "pelvic", "head",
@@ -128,6 +128,7 @@ _BREAKS = frozenset(":()")  # end a phrase for the context rules; never part of 
 _COMPOUNDS = [(re.compile(p), r) for p, r in (
     (r"\bpet\s*[/-]?\s*ct\b", "petct"), (r"\bpet\s*[/-]?\s*mri?\b", "petmr"), (r"\bt2\s*\*", "t2 star"),
     (r"\b(\w+)'s\b", r"\1"), (r"\b\d(?:\.\d)?\s*t\b", "fieldstrength"), (r"(?<=[a-z]{3})\s*/\s*(?=[a-z]{3})", " / "),
+    (r"\b\d+(?:\.\d+)?\s*(?:mm|cm)\b", "lesionsize"), (r"\s+-\s+", " : "),  # "a 2 cm mass"; "MRI brain - hippocampus"
 )]
 
 
@@ -207,7 +208,11 @@ def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False
             before_sequence = before in _SEQUENCE_BEFORE or (i > 0 and words[i - 1].label in (MODALITY, IMAGING))
             after_sequence = after in _SEQUENCE_NEIGHBOURS or (
                 i + 1 < len(words) and words[i + 1].label in (MODALITY, IMAGING))
-            if after_sequence or (before_sequence and i == len(words) - 1):
+            k = i - 1  # "Brain MRI, T1: left thalamus": the nearest word before is an MRI word
+            while k >= 0 and words[k].label == SEPARATOR:
+                k -= 1
+            after_mri = k >= 0 and words[k].names == "mri" and (i + 1 == len(words) or words[i + 1].label == SEPARATOR)
+            if after_sequence or after_mri or (before_sequence and i == len(words) - 1):
                 w.label, w.names = MODALITY, "mri"
 
 
@@ -224,17 +229,15 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
     """(text of the kept words, [(label, words set aside)]) for one pass; ``regions`` also sets aside region
     phrases introduced by a preposition or followed by imaging words."""
     drop = [w.label in SET_ASIDE or w.text in _BREAKS for w in words]
-    if regions:
-        before = list(drop)
-        _set_aside_regions(words, drop)
-        if not any(w.label in (CONTENT, REGION) and not d for w, d in zip(words, drop)):
-            # Nothing would be left: the first region phrase is the structure ("the brain in whole-body CT").
-            first = next((i for i, (d, b) in enumerate(zip(drop, before)) if d and not b), len(words))
-            for i in range(first, len(words)):
-                if before[i] or not drop[i] or _is_boundary(words[i]) or (
-                        i > first and words[i].label == PREPOSITION):
-                    break
-                drop[i] = words[i].label in (PREPOSITION, FILLER)
+    before = list(drop)
+    _set_aside_regions(words, drop, prepositional=regions)
+    if not any(w.label in (CONTENT, REGION) and not d for w, d in zip(words, drop)):
+        # Nothing would be left: the first region phrase is the structure ("brain MRI", "the brain in whole-body CT").
+        first = next((i for i, (d, b) in enumerate(zip(drop, before)) if d and not b), len(words))
+        for i in range(first, len(words)):
+            if before[i] or not drop[i] or _is_boundary(words[i]) or (i > first and words[i].label == PREPOSITION):
+                break
+            drop[i] = words[i].label in (PREPOSITION, FILLER)
     _drop_dangling_prepositions(words, drop)
     kept = " ".join(w.text for w, d in zip(words, drop) if not d)
     aside, run = [], []
@@ -249,17 +252,18 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
     return kept, [group for r in aside for group in _groups(r)]
 
 
-def _set_aside_regions(words: list[Word], drop: list[bool]) -> None:
-    """Region phrases: a preposition, then region words ("in the abdomen", "of the thoracic cavity"), or any
-    words ending in imaging words ("on prostate MRI"), up to the phrase's end or words already set aside; and
-    region words right before imaging words ("abdominal CT", "chest scan")."""
+def _set_aside_regions(words: list[Word], drop: list[bool], prepositional: bool) -> None:
+    """Region words right before or after imaging words ("abdominal CT", "brain MRI", "CT abdomen and pelvis"),
+    always; with ``prepositional`` also a preposition, then region words ("in the abdomen", "of the thoracic
+    cavity"), or any words ending in imaging words ("on prostate MRI"), up to the phrase's end or words already
+    set aside."""
     n = len(words)
 
     def ends_here(j: int) -> bool:
         return j == n or _is_boundary(words[j]) or drop[j] or words[j].label == PREPOSITION
 
     for i, w in enumerate(words):
-        if w.label != PREPOSITION:
+        if w.label != PREPOSITION or not prepositional:
             continue
         j = i + 1
         while j < n and words[j].label in (REGION, FILLER):

@@ -264,7 +264,8 @@ class Resolver:
         found = [w for w in words if w in _findings.FINDING_WORDS]
         if not found:
             return None
-        rest = [w for w in words if w not in _findings.FINDING_WORDS and w not in _findings.MODIFIERS]
+        rest = [w for w in words if w not in _findings.FINDING_WORDS and w not in _findings.MODIFIERS
+                and w not in ("both", "bilateral")]  # "nodules in both lungs": the organ's lesion terms
         while rest and rest[0] in _findings.LINKS:
             rest.pop(0)
         while rest and rest[-1] in _findings.LINKS:
@@ -283,10 +284,14 @@ class Resolver:
             return None
         types, rule = _findings.wanted_types(found)
         lesions = self.lesions().get(owner, [])
+        side, _, unsided = owner.partition(" ")
+        if not lesions and side in LATERALITY and unsided in self.lesions():
+            options = tuple(t for t, _ in self.lesions()[unsided])
+            return Refusal(f"{text!r}: the lesion terms of the {unsided} are not sided; choose among "
+                           f"{', '.join(options)}", options)
         if not lesions:
             return Refusal(f"no lesion term is trained for {owner!r} (asked for by {text!r})",
                             tuple(dict.fromkeys([*self._lesion_terms(), owner]))[:5])
-        side, _, unsided = owner.partition(" ")
         if side in LATERALITY and unsided in self.lesions():
             missing = {k for _, k in self.lesions()[unsided]} - {k for _, k in lesions}
             if missing & types:
