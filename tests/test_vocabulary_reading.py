@@ -347,6 +347,7 @@ def test_random_word_salad_only_ever_raises_prompt_errors():
     ("Brain MRI, hippocampus", "mri", {"hippocampus"}), ("Cardiac MRI, myocardium", "mri", {"myocardium"}),
     ("MRI brain - hippocampus", "mri", {"hippocampus"}), ("Brain MRI, T1: left thalamus", "mri", {"left thalamus"}),
     ("brain MRI", "mri", {"brain"}), ("CT head and neck: parotid glands", "ct", {"parotid gland"}),
+    ("Abdomen: liver", "ct", {"liver"}), ("Brain: hippocampus", "mri", {"hippocampus"}),
 ])
 def test_the_exam_named_before_a_list_is_context_not_one_more_structure(prompt, modality, expected):
     assert _terms(prompt, modality) == expected

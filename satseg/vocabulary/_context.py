@@ -284,6 +284,11 @@ def _set_aside_regions(words: list[Word], drop: list[bool], prepositional: bool)
         if j > i and j < n and words[j].label in (MODALITY, IMAGING):
             drop[i:j] = [True] * (j - i)
         i = max(j, i + 1)
+    j = 0  # "Abdomen: liver", "Head and neck - parotid": a region heading
+    while j < n and words[j].label in (REGION, FILLER, MODALITY, IMAGING):
+        j += 1
+    if 0 < j < n and words[j].text == ":" and any(words[k].label == REGION for k in range(j)):
+        drop[:j] = [True] * j
     for i, w in enumerate(words):  # "CT abdomen and pelvis", "MRI brain": region words after imaging words
         if w.label not in (MODALITY, IMAGING) or i + 1 >= n or words[i + 1].label != REGION:
             continue
