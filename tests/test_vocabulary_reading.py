@@ -364,3 +364,12 @@ def test_a_finding_on_one_side_of_an_organ_with_unsided_lesion_terms_is_refused_
     error = _refused("There is a 2 cm mass in the right kidney", "ct")
     assert "not sided" in str(error) and "kidney tumor" in error.suggestions
     assert "lung tumor" in _refused("tumor in the left lung", "ct").suggestions
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("thyroid gland, bone", {"thyroid gland", "bone"}), ("left optic nerve, the bone", {"left optic nerve", "bone"}),
+    ("left middle ear / muscle", {"left middle ear", "muscle"}), ("rib 9 / right rib 10", {"rib 9", "right rib 10"}),
+    ("gluteus maximus muscle, left", {"left gluteus maximus"}), ("Kidneys, left", {"left kidney"}),
+])
+def test_a_word_dropped_by_a_rewrite_is_never_a_structure_named_after_a_separator(prompt, expected):
+    assert _terms(prompt, "ct") == expected

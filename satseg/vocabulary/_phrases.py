@@ -33,8 +33,8 @@ _RIB_RANGE = re.compile(
 _BOTH_BEFORE = re.compile(r"^(?:left and right|right and left|left right|right left|both|bilateral) (.+)$")
 _BOTH_AFTER = re.compile(r"^(.+?) (?:left and right|right and left|left right|right left|both|on both|bilateral|"
                          r"on both sides)$")
-_SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as\b|(?<=[a-z]{3})\s*/(?=\s*[a-z]{3}))"
-                        r"\s*)+")
+_SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as\b|(?<=[a-z]{3})\s*/(?=\s*[a-z]{3})|"
+                        r"(?<=\S)\s+/\s+(?=\S))\s*)+")
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
 ADDABLE_SUFFIX = ("gland", "bone", "artery")
@@ -49,6 +49,7 @@ class Match:
     terms: tuple[str, ...]
     method: str
     how: str
+    lossy: bool = False  # a word was dropped on the way ("gland", "bone", "region"): never across a separator
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class Resolver:
                 found = self.key(rewritten, level)
                 if isinstance(found, Match):
                     method = renamed_by if found.method == "exact" and renamed_by else found.method
-                    return Match(found.terms, method, f"{how}, then {found.how}")
+                    lossy = found.lossy or how.startswith("without")
+                    return Match(found.terms, method, f"{how}, then {found.how}", lossy)
         return None
 
     def head_nouns(self) -> frozenset[str]:
@@ -147,7 +149,8 @@ class Resolver:
                 for sided in (f"{words[0]} {base.terms[0]}", f"{head} of {words[0]} {tail}" if of else ""):
                     if sided and phrase_key(sided) in v.term_by_key:
                         renamed_by = None if base.method == "exact" else base.method
-                        yield phrase_key(sided), f"{words[0]} side of {base.terms[0]!r}", renamed_by
+                        dropped = "without a word, then " if base.lossy else ""
+                        yield phrase_key(sided), f"{dropped}{words[0]} side of {base.terms[0]!r}", renamed_by
         if " of " in f" {key} ":
             head, _, tail = key.partition(" of ")
             yield phrase_key(f"{tail} {head}"), "word order", None
@@ -229,11 +232,14 @@ class Resolver:
         "kidney tumor and cyst" = kidney tumor + kidney cyst, when the last word alone is none."""
         plain = " ".join(light(text).split())
         m = _SHARED_HEAD.match(plain)
-        if m and not isinstance(self.phrase(m.group(1)), (Match, Ambiguous)):
+        if m and not {m.group(1), m.group(2)} & {*LATERALITY, "both"} and not isinstance(
+                self.phrase(m.group(1)), (Match, Ambiguous)):
             first, second = f"{m.group(1)} {m.group(3)}", f"{m.group(2)} {m.group(3)}"
         else:
             m = _SHARED_MODIFIER.match(plain)
-            if not m or isinstance(self.phrase(m.group(3)), (Match, Ambiguous)):
+            nouns = self.head_nouns() | set(_findings.LESION_TYPES)  # "tumor and cyst", not "muscle, left"
+            if not m or isinstance(self.phrase(m.group(3)), (Match, Ambiguous)) or not {
+                    tokens(m.group(2))[0], tokens(m.group(3))[0]} <= nouns:
                 return None
             first, second = f"{m.group(1)} {m.group(2)}", f"{m.group(1)} {m.group(3)}"
         parts = [(first, self.phrase(first)), (second, self.phrase(second))]
@@ -339,9 +345,9 @@ class Resolver:
     def prompt(self, text: str) -> list[tuple[str, Match | Ambiguous | Refusal | None]]:
         """The fewest phrases that all resolve, as (phrase, result); one unresolved phrase when none do."""
         whole = self.phrase(text)
-        if isinstance(whole, (Match, Ambiguous)):
-            return [(text, whole)]
         separators = list(_SEPARATOR.finditer(text))
+        if isinstance(whole, Ambiguous) or isinstance(whole, Match) and not (whole.lossy and separators):
+            return [(text, whole)]
         spans, start = [], 0
         for sep in separators:
             spans.append((start, sep.start()))
@@ -357,6 +363,8 @@ class Resolver:
                     continue
                 segment = text[spans[begin][0]:spans[end - 1][1]].strip()
                 found = self.phrase(segment)
+                if isinstance(found, Match) and found.lossy and end - begin > 1:
+                    continue  # "thyroid gland, bone" is two structures, not "thyroid gland" without "bone"
                 if isinstance(found, (Match, Ambiguous)) and (
                         best[end] is None or len(best[begin]) + 1 < len(best[end])):
                     best[end] = best[begin] + [(segment, found)]
