@@ -313,4 +313,4 @@ def test_a_failed_run_creates_no_output_folder(env, tmp_path):
     assert not (tmp_path / "new").exists()
     done = run_cli("batch", str(bad), "-p", "liver", "-o", str(out), "--model", "tiny-test", env=env)
     assert done.returncode == 3
-    assert not out.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.csv"]  # the failure, recorded; no case folder

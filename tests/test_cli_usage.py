@@ -64,7 +64,9 @@ def test_help_and_version_exit_0(capsys):
     assert main(["--help"]) == 0
     assert main(["--version"]) == 0
     assert main(["batch", "--help"]) == 0
-    assert "probabilities/<name>.nii.gz" in capsys.readouterr().out  # the pattern that is really written
+    from satseg.cli.segment import PROBABILITIES
+
+    assert "probabilities/<name>.nii.gz" in PROBABILITIES.help  # the pattern that is really written
 
 
 # --- odd cohort inputs ------------------------------------------------------------------------------------

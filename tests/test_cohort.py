@@ -31,11 +31,15 @@ def visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def case_folders(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def test_one_broken_case_fails_the_others_finish_exit_code_3(env, cohort, tmp_path):
     out = tmp_path / "out"
     done = run_cli("batch", str(cohort), "-p", "liver", "-o", str(out), "--model", "tiny-test", env=env)
     assert done.returncode == 3, done.stderr
-    assert visible(out) == ["a", "b"]
+    assert case_folders(out) == ["a", "b"] and visible(out) == ["a", "b", "cohort.csv"]
     assert visible(out / "a") == ["liver.nii.gz"]
     assert "c: failed" in done.stderr
     assert "2 done, 0 skipped, 1 failed" in done.stderr
@@ -61,7 +65,7 @@ def test_paths_from_stdin_and_list_files(env, cohort, tmp_path):
     listing = f"{cohort / 'a.nii.gz'}\n\n# comment\n{cohort / 'b.nii.gz'}\n"
     done = run_cli("batch", "-", "-p", "liver", "-o", str(out), "--model", "tiny-test", env=env, stdin=listing)
     assert done.returncode == 0, done.stderr
-    assert visible(out) == ["a", "b"]
+    assert case_folders(out) == ["a", "b"]
     cases = expand_inputs([str(cohort)])
     assert [c.name for c in cases] == ["a", "b", "c"]
     (tmp_path / "list.txt").write_text("cohort/a.nii.gz\n")
@@ -102,7 +106,7 @@ def test_shards_split_a_real_cohort_run(env, cohort, tmp_path):
                   env=env)
     assert one.returncode == 0 and two.returncode == 0
     assert one.stdout.count("done") == 1 and two.stdout.count("done") == 1
-    assert visible(out) == ["a", "b"]
+    assert case_folders(out) == ["a", "b"]
 
 
 def test_killed_cohort_leaves_no_partial_output_and_rerun_completes(env, small_scan, tmp_path):

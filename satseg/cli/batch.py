@@ -45,12 +45,18 @@ def batch(
     statistics: bool = STATISTICS,
     preview: bool = PREVIEW,
     report: bool = typer.Option(False, "--report", help="Write report.json in every case folder."),
+    collect: bool = typer.Option(False, "--collect",
+                                 help="Merge the shards' cohort.part-*.csv and every finished case folder in -o into "
+                                      "cohort.csv; segments nothing."),
 ) -> None:
     from satseg.errors import EXIT_COHORT_FAILED, InputError
     from satseg.inference.cohort import environment_shards, expand_inputs, parse_shard, read_jobs, select_shard
     from satseg.inference.options import PromptOptions, RuntimeOptions
     from satseg.outputs.case import OutputOptions, check_output_dir
 
+    if collect:
+        _collect(out, inputs, jobs)
+        return
     if jobs is not None and inputs:
         raise InputError("give either INPUTS or --jobs, not both")
     check_model_name(model, device=device, precision=precision)
@@ -63,9 +69,11 @@ def batch(
                                  "(or a non-empty \"prompts\" list to every job in --jobs)")
     # This process's share: --shard, and the launcher's (a Slurm job array's task, torchrun's rank), each
     # applied to what the one before left, so shares of shares stay disjoint and cover the cohort.
+    shares = [parse_shard(shard)] if shard else []
     cases = select_shard(cases, parse_shard(shard))
     for k, n, where in environment_shards():
         cases = select_shard(cases, (k, n))
+        shares.append((k, n))
         log.info("%s: %d case(s) in this process's share %d/%d", where, len(cases), k, n)
     device = _local_device(device)
     check_output_dir(out)
@@ -78,9 +86,27 @@ def batch(
     runner = _CohortRunner(model, runtime, options, prompt_options, modality, orientation, overwrite)
     for number, case in enumerate(cases, start=1):
         runner.run(case, list(case.prompts or prompts), out / case.name, f"[{number}/{len(cases)}]")
+        runner.eta(number, len(cases))
     runner.summary()
+    if runner.table_rows:
+        from satseg.outputs.cohort_table import part_name, write_table
+
+        table = write_table(out / part_name(shares), runner.table_rows)
+        typer.echo(f"{table}: {len(runner.table_rows)} row(s), one per case and structure")
     if runner.failed:
         raise typer.Exit(EXIT_COHORT_FAILED)
+
+
+def _collect(out: Path, inputs, jobs) -> None:
+    from satseg.errors import InputError
+    from satseg.outputs.cohort_table import collect
+
+    if inputs or jobs is not None:
+        raise InputError("--collect merges what is in -o: give no INPUTS or --jobs with it")
+    if not out.is_dir():
+        raise InputError(f"--collect: {out} is not a folder")
+    table, done, failed = collect(out)
+    typer.echo(f"{table}: {done} case(s) done, {failed} failed")
 
 
 def _local_device(device: str) -> str:
@@ -136,14 +162,20 @@ class _CohortRunner:
         self.prompt_options, self.modality, self.orientation = prompt_options, modality, orientation
         self.overwrite = overwrite
         self.predictor = None
-        self.rows: list[tuple[str, str, str, str]] = []
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.table_rows: list[dict] = []  # cohort.csv
         self.failed = 0
+        self._busy_s, self._worked = 0.0, 0  # time and number of the cases that ran (not skipped)
 
     def run(self, case, prompts: list[str], case_dir: Path, counter: str) -> None:
         from satseg.errors import SatsegError
         from satseg.inference.options import ScanOptions
         from satseg.inference.prepare import prepare_case
-        from satseg.outputs.case import case_request, is_complete, recover_folder, run_report, write_segmentation
+        from satseg.inference.prepare import RESERVED_NAMES
+        from satseg.outputs import output_names
+        from satseg.outputs.case import case_request, finished_record, recover_folder, run_report, write_segmentation
+        from satseg.outputs.cohort_table import done_rows, failed_rows, structure_summary
+        from satseg.outputs.statistics import compute_statistics
 
         started = time.perf_counter()
         modality = case.modality or self.modality
@@ -154,7 +186,9 @@ class _CohortRunner:
         try:
             if not self.overwrite and case_dir.is_dir():
                 recover_folder(case_dir)  # finish a switch that a killed run left half done
-                if is_complete(case_dir, request):  # same request, every listed file there with its sha256
+                marker = finished_record(case_dir)  # every listed file there with its sha256
+                if marker is not None and marker.get("request") == request:
+                    self.table_rows += done_rows(case.name, marker)
                     self._line(counter, case.name, "skipped", "already done", started)
                     return
             with warnings:
@@ -171,20 +205,36 @@ class _CohortRunner:
                 result = self.predictor.segment_prepared(prepared, probabilities=self.options.probabilities,
                                                          progress=window_progress(case.name))
                 report = run_report(result, self.predictor, extra={"case": case.name}) if self.options.report else None
-                write_segmentation(result, case_dir, self.options, report=report, request=request)
+                statistics = compute_statistics(result.masks, result.volume)
+                write_segmentation(result, case_dir, self.options, report=report, request=request,
+                                   statistics=statistics)
         except SatsegError as exc:
             if self.predictor is None and _is_model_error(exc):
                 raise  # no model, no cohort: stop at once with the model's error
-            self.failed += 1
-            self._line(counter, case.name, "failed", " ".join(str(exc).split()), started, warnings.messages)
-            return
+            error = " ".join(str(exc).split())
         except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        else:
+            error = None
+        self._busy_s, self._worked = self._busy_s + time.perf_counter() - started, self._worked + 1
+        if error is not None:
             self.failed += 1
-            self._line(counter, case.name, "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}", started,
-                       warnings.messages)
+            self.table_rows += failed_rows(case.name, output_names(prompts, reserved=RESERVED_NAMES), prompts, error)
+            self._line(counter, case.name, "failed", error, started, warnings.messages)
             return
+        self.table_rows += done_rows(case.name, {"structures": structure_summary(
+            statistics, dict(zip(result.names, result.prompts)))})
         found = sum(int(m.any()) for m in result.masks.values())
         self._line(counter, case.name, "done", f"{found}/{len(result.masks)} found", started, warnings.messages)
+
+    def eta(self, number: int, total: int) -> None:
+        """After case ``number`` of ``total``: the rate so far and when the rest should be done (one line)."""
+        left = total - number
+        if left <= 0 or not self._worked or self._busy_s <= 0:
+            return
+        per_case = self._busy_s / self._worked
+        typer.echo(f"  {3600 / per_case:.0f} cases/h; {left} left, about {_duration(left * per_case)} "
+                   "(assuming each of them runs)")
 
     def _line(self, counter: str, name: str, status: str, detail: str, started: float,
               warnings: list[str] = ()) -> None:
@@ -241,6 +291,15 @@ class _WarningCollector(logging.Handler):
         self._logger.removeHandler(self)
         for handler in self._logger.handlers:
             handler.removeFilter(self)
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
 
 
 def _is_model_error(exc) -> bool:

@@ -303,6 +303,14 @@ def is_complete(out_dir: Path, request: dict | None = None) -> bool:
                for rel, rec in outputs.items())
 
 
+def finished_record(out_dir: Path) -> dict | None:
+    """The completion record of a finished folder (every listed file verified), else None."""
+    out_dir = Path(out_dir)
+    if not is_complete(out_dir):
+        return None
+    return _read_json(out_dir / COMPLETE_MARKER)
+
+
 def _within(out_dir: Path, rel) -> bool:
     """``rel`` names a place inside ``out_dir`` reached without following a link (a journal or marker found in
     the folder is data anyone with write access could have written: it must not reach anywhere else)."""
@@ -433,12 +441,15 @@ def _previous_outputs(out_dir: Path, request: dict, new_outputs: dict) -> tuple[
 
 
 def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: dict | None = None,
-                       request: dict | None = None) -> list[Path]:
+                       request: dict | None = None, statistics: dict | None = None) -> list[Path]:
     """Write a :class:`~satseg.inference.predictor.Segmentation` into ``out_dir``; return the final paths.
 
     ``request`` is what the folder's completion marker records (default: :func:`case_request` of ``seg``).
-    A failure (full disk, kill) before the switch leaves the folder as it was; see the module doc.
+    ``statistics`` (:func:`~satseg.outputs.statistics.compute_statistics` of the masks, when the caller has them)
+    is written as ``statistics.json`` if asked for and kept, per structure, in the completion record (the rows of
+    ``cohort.csv``). A failure (full disk, kill) before the switch leaves the folder as it was; see the module doc.
     """
+    from satseg.outputs.cohort_table import structure_summary
     from satseg.outputs.masks import write_masks, write_probability
     from satseg.outputs.multilabel import legend_sidecar_path, write_multilabel
     from satseg.outputs.preview import write_preview
@@ -469,7 +480,8 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
                                  terms={n: r["terms"] for n, r in zip(seg.names, seg.resolutions)})
                 written += [ml.name, legend_sidecar_path(ml).name]
             if options.statistics:
-                write_statistics(compute_statistics(seg.masks, seg.volume), staging / "statistics.json", seg.volume)
+                statistics = statistics if statistics is not None else compute_statistics(seg.masks, seg.volume)
+                write_statistics(statistics, staging / "statistics.json", seg.volume)
                 written.append("statistics.json")
             if options.preview:
                 write_preview(seg.volume, seg.masks, staging / "preview.png", modality=seg.modality)
@@ -493,6 +505,8 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
             retire, kept = _previous_outputs(out_dir, request, files)
             marker = {"format": MARKER_FORMAT, "request": request, "outputs": files, "kept": kept,
                       "written_at": time.time()}
+            if statistics is not None:
+                marker["structures"] = structure_summary(statistics, dict(zip(seg.names, seg.prompts)))
             journal = {"staging": staging.name, "files": files, "retire": retire, "report": report_entry,
                        "marker": marker}
             write_text_atomic(out_dir / JOURNAL, json.dumps(journal, indent=1))
