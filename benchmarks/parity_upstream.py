@@ -268,7 +268,7 @@ def check_preprocess(batch_size: int = 2) -> dict:
     from data.inference_dataset import Inference_Dataset
 
     from satseg.geometry import to_model_grid
-    from satseg.inference.windows import (
+    from satseg.inference.sliding_window import (
         SAT_WINDOW,
         box_extent,
         extract_windows,
@@ -329,7 +329,7 @@ def _split_sweep(longest: int = 1000) -> dict:
     """Upstream's ``split_3d`` vs ``window_slices`` for every axis length 1…``longest`` along each axis."""
     from data.inference_dataset import split_3d
 
-    from satseg.inference.windows import window_slices
+    from satseg.inference.sliding_window import window_slices
 
     shapes = [shape for n in range(1, longest + 1) for shape in ((n, 300, 100), (300, n, 100), (300, 300, n))]
     mismatches = []

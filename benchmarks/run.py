@@ -6,7 +6,7 @@
 Cases: ``ct_sm`` / ``ct`` (TotalSegmentator's example CTs), ``synthetic`` (a 512×512×300 CT at 0.8×0.8×1 mm: an
 ellipse of soft tissue with fat, bone and organs in air, written to a temporary .nii.gz so reading is timed).
 Stages: read, preprocess, text, backbone, decode + aggregate, to_input_grid, write. ``--reference`` also runs
-the plain fp32 loop (``aggregate.sliding_window_probabilities``, no memoisation, full-window decode) on the
+the plain fp32 loop (``tests/reference_sliding_window.py``, no memoisation, full-window decode) on the
 same weights and reports max |Δp| and the Dice of the masks. Results are appended to a JSON file and the
 markdown table is printed and written next to it.
 """
@@ -144,8 +144,9 @@ def run_case(predictor, scan: Path, prompts: list[str], out_dir: Path, reference
 def compare_with_reference(predictor, seg, prompts: list[str]) -> dict:
     """The plain fp32 loop on the same model grid and queries, brought back to the input grid like the fast
     path's: max |Δp| and mask Dice against ``seg`` (which must hold probabilities)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # upstream's loop, kept with the tests
+    from reference_sliding_window import sliding_window_probabilities
     from satseg.geometry import to_model_grid
-    from satseg.inference.aggregate import sliding_window_probabilities
     from satseg.inference.prepare import choose_orientation
     from satseg.intensity import normalize
 

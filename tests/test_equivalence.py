@@ -1,6 +1,6 @@
 """Every optimisation of the sliding-window loop gives the plain fp32 reference result (tiny model, real CT).
 
-The reference is ``aggregate.sliding_window_probabilities`` (upstream's loop: every window through the model,
+The reference is ``tests/reference_sliding_window.py`` (upstream's loop: every window through the model,
 full-window decode, fp32 sums). The scan is a block of the real example_ct_sm on the model grid, set into
 air (the value -500 HU normalises to) so that several windows hold only air, as outside a body.
 Criteria (issue 6): fp32 optimisations within 1e-5 and masks Dice >= 0.999; reduced precision within 1e-2 (its
@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reference_sliding_window import sliding_window_probabilities
 from satseg.geometry import to_model_grid
-from satseg.inference.aggregate import sliding_window_probabilities
-from satseg.inference.fastpath import sliding_window
 from satseg.inference.options import RuntimeOptions
 from satseg.inference.predictor import Predictor
+from satseg.inference.sliding_window import sliding_window
 from satseg.intensity import normalize
 from satseg.io import read_volume
 from satseg.model import build_sat, build_text_encoder

@@ -1,4 +1,5 @@
-"""The fast path's pieces: identical windows found exactly, only the box decoded, fast and parallel gzip writes."""
+"""The sliding-window loop's pieces (identical windows found exactly, only the box decoded, conv weights in the
+autocast dtype), and fast, parallel gzip writes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from satseg.inference.fastpath import (
+from satseg.inference.sliding_window import (
     accumulation_place,
     crop_per_pixel,
     group_identical_windows,
+    window_slices,
 )
-from satseg.inference.windows import window_slices
 from satseg.io.volume import Volume
 from satseg.model import build_sat
 from satseg.outputs import masks as masks_module
@@ -118,7 +119,7 @@ def test_parallel_writing_gives_the_same_files_as_writing_one_at_a_time(tmp_path
 def test_convolutions_stored_in_the_autocast_dtype_give_bit_identical_results():
     """cast_conv_weights (what the Predictor does on CUDA) under autocast vs float32 weights under autocast,
     here with the CPU's bfloat16 autocast; restore_weights brings the float32 originals back exactly."""
-    from satseg.inference.fastpath import cast_conv_weights, restore_weights
+    from satseg.inference.runtime import cast_conv_weights, restore_weights
 
     torch.manual_seed(0)
     model = build_sat("tiny").eval()
@@ -171,7 +172,7 @@ def test_a_failure_part_way_through_casting_leaves_every_weight_in_float32(monke
 
 
 def test_reduced_precision_logits_become_the_same_probabilities_in_a_reused_buffer():
-    from satseg.inference.fastpath import _probabilities
+    from satseg.inference.sliding_window.loop import _probabilities
 
     logits = (torch.randn(2, 3, 8, 7, 5) * 4).to(torch.bfloat16)
     probs, spare = _probabilities(logits.clone(), None)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from satseg.inference import (
+from reference_sliding_window import sliding_window_probabilities
+from satseg.inference.sliding_window import (
     ProbabilityAccumulator,
     extract_windows,
     gaussian_importance,
-    sliding_window_probabilities,
     window_slices,
     window_starts,
 )
@@ -259,8 +259,8 @@ def test_prompt_chunks_give_the_same_result_as_all_prompts_at_once():
     shape = (13, 10, 7)
     boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
     window_probs = _random_window_probs(boxes, 5)
-    whole = ProbabilityAccumulator(shape, 5, window=SMALL_WINDOW)
-    chunked = ProbabilityAccumulator(shape, 5, window=SMALL_WINDOW)
+    whole = ProbabilityAccumulator(shape, 5, boxes, window=SMALL_WINDOW)
+    chunked = ProbabilityAccumulator(shape, 5, boxes, window=SMALL_WINDOW)
     for box, probs in zip(boxes, window_probs):
         whole.add(box, probs)
     for chunk in (slice(0, 2), slice(2, 5)):
@@ -274,7 +274,7 @@ def test_prompt_chunks_give_the_same_result_as_all_prompts_at_once():
 def test_a_prompt_chunk_missing_a_window_is_refused():
     shape = (13, 10, 7)
     boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
-    accumulator = ProbabilityAccumulator(shape, 4, window=SMALL_WINDOW)
+    accumulator = ProbabilityAccumulator(shape, 4, boxes, window=SMALL_WINDOW)
     for box, probs in zip(boxes, _random_window_probs(boxes, 4)):
         accumulator.add(box, probs[:2], prompts=slice(0, 2))
         if box is not boxes[-1]:
@@ -284,35 +284,33 @@ def test_a_prompt_chunk_missing_a_window_is_refused():
 
 
 def test_uncovered_voxels_are_refused_instead_of_dividing_by_zero():
-    accumulator = ProbabilityAccumulator((13, 10, 7), 1, window=SMALL_WINDOW)
-    accumulator.add((slice(0, 8), slice(0, 8), slice(0, 4)), torch.rand(1, *SMALL_WINDOW))
+    box = (slice(0, 8), slice(0, 8), slice(0, 4))
+    accumulator = ProbabilityAccumulator((13, 10, 7), 1, [box], window=SMALL_WINDOW)
+    accumulator.add(box, torch.rand(1, *SMALL_WINDOW))
     with pytest.raises(RuntimeError, match="covered by no window"):
-        accumulator.masks()
+        accumulator.probabilities()
 
 
 def test_a_window_added_twice_counts_twice_like_upstream():
     shape = (8, 8, 4)
     box = (slice(0, 8), slice(0, 8), slice(0, 4))
     gauss = gaussian_importance(SMALL_WINDOW)
-    accumulator = ProbabilityAccumulator(shape, 1, window=SMALL_WINDOW)
+    accumulator = ProbabilityAccumulator(shape, 1, [box, box], window=SMALL_WINDOW)
     accumulator.add(box, torch.full((1, *SMALL_WINDOW), 0.2))
     accumulator.add(box, torch.full((1, *SMALL_WINDOW), 0.8))
     assert torch.equal(accumulator.weight, 2 * gauss)
     torch.testing.assert_close(accumulator.probabilities(), torch.full((1, *shape), 0.5), atol=1e-6, rtol=0)
 
 
-def test_masks_are_strictly_above_the_threshold():
+def test_a_constant_half_averages_back_to_exactly_half_never_above_the_threshold():
     shape = (13, 10, 7)
-    accumulator = ProbabilityAccumulator(shape, 2, window=SMALL_WINDOW)
-    for box in window_slices(shape, SMALL_WINDOW, SMALL_STRIDE):
-        probs = torch.stack([torch.full(SMALL_WINDOW, 0.5), torch.full(SMALL_WINDOW, 0.75)])
-        accumulator.add(box, probs)
-    assert torch.equal(accumulator.probabilities()[0], torch.full(shape, 0.5))  # exact: 0.5 * g is exact
-    masks = accumulator.masks()
-    assert masks.dtype == torch.bool
-    assert not masks[0].any() and masks[1].all()
-    assert accumulator.masks(threshold=0.4).all()
-    assert torch.equal(accumulator.masks(prompts=slice(1, 2)), masks[1:])
+    boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
+    accumulator = ProbabilityAccumulator(shape, 2, boxes, window=SMALL_WINDOW)
+    for box in boxes:
+        accumulator.add(box, torch.stack([torch.full(SMALL_WINDOW, 0.5), torch.full(SMALL_WINDOW, 0.75)]))
+    probabilities = accumulator.probabilities()
+    assert torch.equal(probabilities[0], torch.full(shape, 0.5))  # exact: 0.5 * g is exact
+    assert not (probabilities[0] > 0.5).any() and (probabilities[1] > 0.5).all()
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
@@ -320,26 +318,21 @@ def test_half_precision_accumulation_stays_close_to_float32_even_in_the_gaussian
     shape = (13, 10, 7)  # the volume corners see only the tails of the Gaussian (float16 underflows there)
     boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
     window_probs = _random_window_probs(boxes, 3, seed=1)
-    full = ProbabilityAccumulator(shape, 3, window=SMALL_WINDOW)
-    half = ProbabilityAccumulator(shape, 3, window=SMALL_WINDOW, dtype=dtype, boxes=boxes)
+    full = ProbabilityAccumulator(shape, 3, boxes, window=SMALL_WINDOW)
+    half = ProbabilityAccumulator(shape, 3, boxes, window=SMALL_WINDOW, dtype=dtype)
     for box, probs in zip(boxes, window_probs):
         full.add(box, probs)
         half.add(box, probs)
     assert half.probabilities().dtype == torch.float32
     torch.testing.assert_close(half.probabilities(), full.probabilities(), atol=tolerance, rtol=0)
     far_from_threshold = (full.probabilities() - 0.5).abs() > tolerance
-    assert torch.equal(half.masks()[far_from_threshold], full.masks()[far_from_threshold])
-
-
-def test_half_precision_accumulation_needs_the_boxes_up_front():
-    with pytest.raises(ValueError, match="boxes up front"):
-        ProbabilityAccumulator((13, 10, 7), 1, window=SMALL_WINDOW, dtype=torch.float16)
+    assert torch.equal((half.probabilities() > 0.5)[far_from_threshold], (full.probabilities() > 0.5)[far_from_threshold])
 
 
 def test_planned_boxes_that_were_never_added_are_refused():
     shape = (13, 10, 7)
     boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
-    accumulator = ProbabilityAccumulator(shape, 1, window=SMALL_WINDOW, boxes=boxes)
+    accumulator = ProbabilityAccumulator(shape, 1, boxes, window=SMALL_WINDOW)
     for box in boxes[:-1]:
         accumulator.add(box, torch.rand(1, *SMALL_WINDOW))
     with pytest.raises(RuntimeError, match="0 time"):
@@ -349,30 +342,13 @@ def test_planned_boxes_that_were_never_added_are_refused():
 def test_finalize_returns_the_probabilities_and_closes_the_accumulator():
     shape = (13, 10, 7)
     boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
-    accumulator = ProbabilityAccumulator(shape, 2, window=SMALL_WINDOW)
+    accumulator = ProbabilityAccumulator(shape, 2, boxes, window=SMALL_WINDOW)
     for box, probs in zip(boxes, _random_window_probs(boxes, 2)):
         accumulator.add(box, probs)
     expected = accumulator.probabilities()
     assert torch.equal(accumulator.finalize(), expected)
     with pytest.raises(RuntimeError, match="finalized"):
         accumulator.add(boxes[0], torch.rand(2, *SMALL_WINDOW))
-
-
-def test_skipped_windows_count_as_probability_zero_without_calling_the_model():
-    shape = (13, 10, 7)
-    boxes = window_slices(shape, SMALL_WINDOW, SMALL_STRIDE)
-    skipped = [boxes[0], boxes[-1]]  # slices are unhashable before Python 3.12
-    calls: list[int] = []
-    probs = sliding_window_probabilities(
-        torch.zeros(shape), _constant_predictor(0.6, 1, calls), 1,
-        window=SMALL_WINDOW, stride=SMALL_STRIDE, skip_box=lambda box: box in skipped,
-    )
-    assert sum(calls) == len(boxes) - 2
-    reference = ProbabilityAccumulator(shape, 1, window=SMALL_WINDOW)
-    for box in boxes:
-        reference.add(box, torch.full((1, *SMALL_WINDOW), 0.0 if box in skipped else 0.6))
-    torch.testing.assert_close(probs, reference.probabilities(), atol=1e-6, rtol=0)
-    assert float(probs[0, 0, 0, 0]) == 0.0  # the corner is covered by the first (skipped) window only
 
 
 def test_progress_reports_windows_done_out_of_total():
@@ -424,14 +400,12 @@ def test_importance_map_is_computed_once_and_handed_out_as_copies():
 
 
 def test_scratch_windows_are_weighted_in_place_with_the_same_sums():
-    from satseg.inference.aggregate import ProbabilityAccumulator
-
     shape, window = (20, 18, 9), (8, 8, 4)
     boxes = window_slices(shape, window, (4, 4, 2))
     rng = torch.Generator().manual_seed(0)
     windows = [torch.rand((3, *window), generator=rng) for _ in boxes]
-    plain = ProbabilityAccumulator(shape, 3, window=window)
-    scratch = ProbabilityAccumulator(shape, 3, window=window)
+    plain = ProbabilityAccumulator(shape, 3, boxes, window=window)
+    scratch = ProbabilityAccumulator(shape, 3, boxes, window=window)
     for box, probs in zip(boxes, windows):
         plain.add(box, probs)
         copy = probs.clone()
@@ -439,5 +413,5 @@ def test_scratch_windows_are_weighted_in_place_with_the_same_sums():
         assert not torch.equal(copy, probs)  # overwritten: that is the point
     assert torch.equal(scratch.probabilities(), plain.probabilities())
     kept = windows[0].clone()
-    ProbabilityAccumulator(shape, 3, window=window).add(boxes[0], kept)
+    ProbabilityAccumulator(shape, 3, boxes, window=window).add(boxes[0], kept)
     assert torch.equal(kept, windows[0])  # without scratch the caller's tensor is left alone

@@ -1,4 +1,5 @@
-"""Inference: sliding windows and Gaussian aggregation (``windows``, ``aggregate``).
+"""Inference: the sliding window (``sliding_window``: positions, Gaussian map, accumulation, the loop), where the
+model runs (``runtime``), the predictor, and the way back to the scan's grid (``input_grid``).
 
 Names are re-exported lazily so that ``import satseg.inference`` does not import torch.
 """
@@ -8,14 +9,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "window_starts": "satseg.inference.windows",
-    "window_slices": "satseg.inference.windows",
-    "gaussian_importance": "satseg.inference.windows",
-    "extract_windows": "satseg.inference.windows",
-    "SAT_WINDOW": "satseg.inference.windows",
-    "SAT_STRIDE": "satseg.inference.windows",
-    "ProbabilityAccumulator": "satseg.inference.aggregate",
-    "sliding_window_probabilities": "satseg.inference.aggregate",
+    "window_starts": "satseg.inference.sliding_window",
+    "window_slices": "satseg.inference.sliding_window",
+    "gaussian_importance": "satseg.inference.sliding_window",
+    "extract_windows": "satseg.inference.sliding_window",
+    "SAT_WINDOW": "satseg.inference.sliding_window",
+    "SAT_STRIDE": "satseg.inference.sliding_window",
+    "ProbabilityAccumulator": "satseg.inference.sliding_window",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from satseg.errors import InputError, SatsegError
+from satseg.inference.input_grid import back_on_cpu, back_on_gpu, prompts_on_input_grid
 from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
+from satseg.inference.runtime import autocast_dtype, cast_conv_weights, pick_device, prepare_layout, restore_weights
+from satseg.inference.sliding_window import WindowStats, sliding_window
 from satseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -73,41 +75,6 @@ class _Stopwatch:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` → CUDA, else MPS, else CPU; an unavailable explicit choice is a one-line error."""
-    requested = (requested or "auto").lower()
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SatsegError("--device cuda was asked for, but no CUDA GPU is available "
-                              "(use --device cpu, or install a CUDA build of torch)")
-        return torch.device(requested)
-    if requested == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise SatsegError("--device mps was asked for, but Apple MPS is not available")
-        return torch.device("mps")
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise InputError(f"unknown device {requested!r}; use auto, cuda, cuda:N, mps or cpu")
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
-    precision = (precision or "auto").lower()
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":  # upstream SAT's own inference precision (torch.cuda.amp.autocast: float16)
-        return torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 class Predictor:
@@ -312,9 +279,8 @@ class Predictor:
 
     def _sliding_window(self, image: np.ndarray, queries: torch.Tensor, batch: int, progress,
                         on_device: bool = False) -> torch.Tensor:
-        """One sliding-window pass (``fastpath.sliding_window``): identical windows run once, only boxes decoded."""
-        from satseg.inference.fastpath import WindowStats, prepare_layout, sliding_window
-
+        """One sliding-window pass (:func:`~satseg.inference.sliding_window.sliding_window`): identical windows
+        run once, only boxes decoded."""
         compiled = bool(self.runtime.compile) and self.device.type == "cuda"
         if getattr(self, "_layout_for", None) != (self.device, self.autocast, compiled):
             self._set_conv_dtype(self.autocast if self.device.type == "cuda" else None)
@@ -329,9 +295,7 @@ class Predictor:
 
     def _set_conv_dtype(self, dtype: torch.dtype | None) -> None:
         """Convolution weights stored in ``dtype`` (the CUDA autocast dtype: bit-identical results, no float32
-        copies on the GPU; :func:`~satseg.inference.fastpath.cast_conv_weights`), or float32 (``None``)."""
-        from satseg.inference.fastpath import cast_conv_weights, restore_weights
-
+        copies on the GPU; :func:`~satseg.inference.runtime.cast_conv_weights`), or float32 (``None``)."""
         if getattr(self, "_conv_dtype", None) == dtype:
             return
         if getattr(self, "_fp32_convs", None):
@@ -372,26 +336,8 @@ class Predictor:
                 log.warning("GPU out of memory resampling the scan: doing it on the CPU")
         return to_model_grid(volume, orientation=orientation, spacing_mm=spacing)
 
-    @staticmethod
-    def _back_on_gpu(record, prob: torch.Tensor, threshold: float, want_map: bool):
-        """(mask, probability map or None) on the input grid for a model-grid map on the GPU; the CPU's way
-        (same values) if the GPU runs out of memory."""
-        try:
-            mask = record.to_input_grid(prob, order="linear", threshold=threshold)
-            return mask, (record.to_input_grid(prob, order="linear") if want_map else None)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            log.warning("GPU out of memory bringing masks back to the scan's grid: doing it on the CPU")
-            return Predictor._back_on_cpu(record, prob.cpu().numpy(), threshold, want_map)
-
-    @staticmethod
-    def _back_on_cpu(record, prob: np.ndarray, threshold: float, want_map: bool):
-        """(mask, probability map or None) on the input grid for a model-grid map in memory; both
-        Fortran-ordered (NIfTI's order: written without a transposing copy)."""
-        if not want_map:  # thresholded as it is interpolated: no float32 map of the whole scan
-            return record.to_input_grid(prob, order="linear", threshold=threshold), None
-        on_input = record.to_input_grid(prob, order="linear")
-        return (on_input > threshold).astype(np.uint8), on_input
+    _back_on_gpu = staticmethod(back_on_gpu)  # the way back to the scan's grid: satseg.inference.input_grid
+    _back_on_cpu = staticmethod(back_on_cpu)
 
     # -- the whole job -------------------------------------------------------------------------------
 
@@ -428,26 +374,7 @@ class Predictor:
         maps: dict[str, np.ndarray] | None = {} if probabilities else None
         threshold = case.prompt_options.threshold
         with clock("to_input_grid"):
-            from satseg.outputs.masks import parallel_workers
-
-            index = {t: i for i, t in enumerate(terms)}
-
-            def back(resolution):
-                rows = [index[t] for t in resolution["terms"]]
-                # A composite prompt ("kidneys") is the union of its terms: the voxel-wise maximum.
-                prob = term_probs[rows].amax(dim=0)
-                if prob.device.type != "cpu":  # on the GPU: interpolated there, thresholded before the transfer
-                    return self._back_on_gpu(record, prob, threshold, maps is not None)
-                return self._back_on_cpu(record, prob.numpy(), threshold, maps is not None)
-
-            workers = 1 if term_probs.device.type != "cpu" else parallel_workers(len(names))
-            if workers > 1:  # numpy's interpolation runs on one core and releases the GIL: one map per core
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    results = list(pool.map(back, resolutions))
-            else:
-                results = [back(resolution) for resolution in resolutions]
+            results = prompts_on_input_grid(term_probs, terms, resolutions, record, threshold, maps is not None)
             for name, (mask, on_input) in zip(names, results):
                 masks[name] = mask
                 if maps is not None:

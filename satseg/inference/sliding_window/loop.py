@@ -1,6 +1,8 @@
-"""The sliding-window loop of :class:`~satseg.inference.predictor.Predictor`, doing no work whose result is known.
+"""The sliding-window loop the :class:`~satseg.inference.predictor.Predictor` runs, doing no work whose result
+is known.
 
-Three savings, each giving the same numbers as the plain loop (fp32: identical up to float rounding order):
+Three savings, each giving the same numbers as upstream's plain loop (fp32: identical up to float rounding
+order; ``tests/test_equivalence.py`` compares against that loop, kept in ``tests/reference_sliding_window.py``):
 
 * **Identical windows run once.** The network sees only the zero-padded window (its positional encoding
   is the same for every window), so two windows whose padded content is bit-for-bit equal give the same
@@ -11,10 +13,10 @@ Three savings, each giving the same numbers as the plain loop (fp32: identical u
 * **Decode only the box.** Voxels of the zero padding beyond a box are thrown away by the aggregation;
   the per-voxel dot product of the mask head is independent per voxel, so it is computed only inside the
   box (a 30-slice scan in a 96-slice window decodes a third of the window).
-* **One weight map**, shared by all prompts (``ProbabilityAccumulator``), not one per prompt as upstream.
+* **One weight map**, shared by all prompts (:class:`ProbabilityAccumulator`), not one per prompt as upstream.
 
-The layout of windows and weights is :func:`window_layout`'s; on a GPU the float32 sums stay on the device
-when they fit (:func:`accumulation_place`), else on the CPU.
+The layout of windows and weights is :func:`~satseg.inference.runtime.window_layout`'s; on a GPU the float32
+sums stay on the device when they fit (:func:`accumulation_place`), else on the CPU.
 """
 
 from __future__ import annotations
@@ -23,17 +25,16 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
 
-from satseg.inference.aggregate import ProbabilityAccumulator
-from satseg.inference.windows import Box, box_extent, extract_windows, window_slices
+from satseg.inference.runtime import window_layout
+from satseg.inference.sliding_window.accumulate import ProbabilityAccumulator, accumulation_place
+from satseg.inference.sliding_window.positions import Box, box_extent, extract_windows, window_slices
 
 log = logging.getLogger(__name__)
-
-#: Share of free GPU memory the float32 sums may take before accumulation falls back to the CPU.
-GPU_SUMS_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -76,24 +77,6 @@ def group_identical_windows(volume: torch.Tensor, boxes: Sequence[Box], window: 
     return groups
 
 
-def accumulation_place(device: torch.device, n_prompts: int, shape: Sequence[int]) -> tuple[torch.device, torch.dtype]:
-    """Where the (N, H, W, D) sums live: float32 on the GPU when they fit in ``GPU_SUMS_SHARE`` of its free
-    memory (no transfer per window), else float32 on the CPU (upstream's place).
-
-    float16 sums (``ProbabilityAccumulator(dtype=float16)``) are never chosen here: their ~1e-3 error flips
-    voxels whose probability is that close to 0.5 (measured Dice 0.998 on the tiny model with random
-    weights, tests/test_equivalence.py), so they do not meet "masks unchanged"; pass ``accumulate=`` to
-    :func:`sliding_window` to use them deliberately.
-    """
-    if device.type != "cuda":
-        return torch.device("cpu"), torch.float32
-    need = 4 * n_prompts * shape[0] * shape[1] * shape[2]
-    free, _ = torch.cuda.mem_get_info(device)
-    if need <= GPU_SUMS_SHARE * free:
-        return device, torch.float32
-    return torch.device("cpu"), torch.float32
-
-
 def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device: torch.device,
                    autocast: torch.dtype | None, batch: int, prompt_chunk: int,
                    progress: Callable[[int, int], None] | None = None,
@@ -111,7 +94,7 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
         batch: windows per forward pass.
         prompt_chunk: prompts decoded together.
         progress: ``progress(windows_done, windows_total)``.
-        memoise: run identical windows once (off: the plain loop, for reference).
+        memoise: run identical windows once (off: every window through the model).
         stats: filled with window counts and stage times when given.
         accumulate: (device, dtype) of the sums; default :func:`accumulation_place`.
         keep_on_device: when the sums are on the GPU, return the probabilities there (divided in place, no
@@ -121,8 +104,6 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
     Returns:
         (N, H, W, D) float32 probabilities on the CPU (or where the sums are, with ``keep_on_device``).
     """
-    import time
-
     window = tuple(model.config.window)
     stride = tuple(model.config.stride)
     volume = image.to(torch.float32).contiguous()
@@ -135,8 +116,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
         log.info("%d windows, %d with distinct content: the model runs %d times", len(boxes), len(groups), len(groups))
     acc_device, acc_dtype = accumulate or accumulation_place(device, n, volume.shape)
     acc_device = torch.device(acc_device)
-    accumulator = ProbabilityAccumulator(tuple(volume.shape), n, window=window, device=acc_device, dtype=acc_dtype,
-                                         boxes=boxes)
+    accumulator = ProbabilityAccumulator(tuple(volume.shape), n, boxes, window=window, device=acc_device,
+                                         dtype=acc_dtype)
     layout = window_layout(device, autocast)
     encode = encode or model.encode_image
     queries = queries.to(device)
@@ -210,56 +191,6 @@ def crop_per_pixel(features, boxes: Sequence[Box]):
         # (nano, 100 prompts, 4 windows of a 512×512×300 CT: 8.8 → 4.1 s of einsum).
         cropped = cropped.contiguous()
     return dataclasses.replace(features, per_pixel=[cropped, *features.per_pixel[1:]])
-
-
-def window_layout(device: torch.device, autocast: torch.dtype | None) -> torch.memory_format:
-    """Memory layout of windows and weights: ``channels_last_3d`` on CUDA and for CPU autocast, contiguous for
-    the CPU in fp32.
-
-    Measured (benchmarks/RESULTS.md): CPU autocast 0.28 vs 0.33 s per conv pair in channels_last_3d; on an
-    H100, SAT-Nano fp16, one window: channels_last_3d 83.5 ms and 5.28 GiB peak, contiguous 74.1 ms and
-    6.23 GiB (cuDNN converts contiguous inputs to NHWC and back, copies of full-resolution tensors). The
-    GPU takes the memory: ~1 GiB for ~40 ms per 4-window scan (torch.compile was measured in
-    channels_last_3d too).
-    """
-    if device.type == "cuda" or (device.type == "cpu" and autocast is not None):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def cast_conv_weights(model: torch.nn.Module, dtype: torch.dtype,
-                      originals: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Store the convolutions' weights and biases in ``dtype``; returns the float32 originals (on the CPU).
-
-    Under autocast every convolution casts its weight and bias to the autocast dtype on each call (and
-    autocast keeps those copies while it is active): stored in that dtype up front, the results are
-    bit-identical and the float32 copies no longer take GPU memory (SAT-Pro: 1.74 GB of its 1.9 GB of
-    weights are convolutions). Other layers (linear, attention, norms) are left in float32.
-
-    Each original is recorded in ``originals`` (filled in place when given) before its parameter is cast, so
-    a failure part-way (a GPU out of memory) leaves a dict that :func:`restore_weights` fully undoes.
-    """
-    originals = {} if originals is None else originals
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
-            for param_name, param in module.named_parameters(recurse=False):
-                originals[f"{name}.{param_name}"] = param.detach().to("cpu", copy=True)
-                param.data = param.data.to(dtype)
-    return originals
-
-
-def restore_weights(model: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
-    """Undo :func:`cast_conv_weights`: put the float32 originals back, on the parameters' device and in
-    their current memory layout."""
-    params = dict(model.named_parameters())
-    for name, value in originals.items():
-        param = params[name]
-        param.data = torch.empty_like(param, dtype=value.dtype).copy_(value)  # empty_like keeps the strides
-
-
-def prepare_layout(model, device: torch.device, autocast: torch.dtype | None):
-    """Put the model's weights in :func:`window_layout`; returns the model."""
-    return model.to(memory_format=window_layout(device, autocast))
 
 
 def _sync(device: torch.device) -> None:
