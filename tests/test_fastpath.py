@@ -16,9 +16,9 @@ from satseg.inference.sliding_window import (
     group_identical_windows,
     window_slices,
 )
+from satseg.io import nifti_write
 from satseg.io.volume import Volume
 from satseg.model import build_sat
-from satseg.outputs import masks as masks_module
 from satseg.outputs.masks import write_mask, write_masks
 
 WINDOW, STRIDE = (8, 8, 4), (4, 4, 2)
@@ -91,7 +91,7 @@ def _backends() -> list[str]:
 @pytest.mark.parametrize("backend", _backends())
 def test_masks_compressed_by_each_available_gzip_are_standard_gzip_with_the_nibabel_payload(backend, tmp_path,
                                                                                          monkeypatch):
-    monkeypatch.setattr(masks_module, "_COMPRESSOR", masks_module._make_compressor(backend))
+    monkeypatch.setattr(nifti_write, "_COMPRESSOR", nifti_write._make_compressor(backend))
     volume = _volume()
     mask = np.zeros(volume.shape, bool)
     mask[5:20, 3:17, 2:9] = True
@@ -102,7 +102,7 @@ def test_masks_compressed_by_each_available_gzip_are_standard_gzip_with_the_niba
     back = nib.load(out)
     assert np.array_equal(np.asanyarray(back.dataobj), mask.astype(np.uint8))
     assert np.allclose(back.affine, reference.affine)
-    assert masks_module.gzip_backend() == backend
+    assert nifti_write.gzip_backend() == backend
 
 
 def test_parallel_writing_gives_the_same_files_as_writing_one_at_a_time(tmp_path):
