@@ -302,6 +302,11 @@ def build(reference: Path, totalseg_map: Path) -> dict:
             continue
         term, method, source = min(found, key=lambda f: (_METHOD_RANK[f[1]], f[2] != "satseg curated", f[2]))
         aliases[key] = {"term": term, "method": method, "source": source}
+    not_synonyms = {phrase_key(f"{side} {phrase}").strip() for phrase in curated.get("not_synonyms", [])
+                    for side in ("", *LATERALITY)}
+    for key in not_synonyms:  # a part or a regional piece of a term is not the term ("humeral head")
+        aliases.pop(key, None)
+        ambiguous.pop(key, None)
     for phrase, options in curated["ambiguous"].items():
         for option in options:
             if not _resolvable(tables, option):
