@@ -33,3 +33,46 @@ def test_part_or_other_structure_is_not_a_synonym(prompt):
 @pytest.mark.parametrize("prompt", ["mediastinal lymph node", "abdominal lymph node", "lymphatic"])
 def test_regional_lymph_nodes_are_not_the_whole_body_term(prompt):
     assert _refused(prompt, "pet")
+
+
+# -- a vertebra level is never context and never the answer for another structure ---------------------------------
+@pytest.mark.parametrize("prompt", [
+    "muscle at the level of L3", "muscle of L3", "L3 muscle", "skeletal muscle at the L3 level",
+    "psoas at L4 level", "muscle at L3 on CT", "fat at the level of L1", "T12 muscle",
+])
+def test_vertebra_level_with_another_structure_is_refused(prompt):
+    assert _refused(prompt)
+
+
+def test_vertebra_level_alone_still_resolves_and_says_level():
+    resolution = resolve("L3", "ct")
+    assert resolution.terms == ("lumbar vertebrae 3 (l3)",)
+    assert "vertebra level" in resolution.explanation and "abbreviation (" not in resolution.explanation
+
+
+# -- dropping "muscle"/"bone"/"gland"/"cavity" keeps the category ---------------------------------------------------
+@pytest.mark.parametrize("prompt", [
+    "hip muscles", "femoral muscles", "costal muscle", "lung cavity", "cardiac bone", "kidney gland",
+    "liver bone", "spleen muscle", "renal cavity", "scapular muscles",
+])
+def test_dropped_category_word_must_keep_its_kind(prompt):
+    assert _refused(prompt)
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("gluteus maximus muscle", "gluteus maximus"), ("iliopsoas muscle", "iliopsoas"), ("rib bone", "rib"),
+    ("prostate gland", "prostate"), ("sternum bone", "sternum"),
+])
+def test_dropped_category_word_of_the_same_kind_still_resolves(prompt, expected):
+    resolution = resolve(prompt, "ct")
+    assert resolution.terms == (expected,) and resolution.method == "word dropped"
+    assert "without" in resolution.explanation
+
+
+def test_leftover_content_word_is_never_labelled_region():
+    for prompt in ("skeletal muscle at the L3 level", "liver on prostate MRI"):
+        try:
+            resolution = resolve(prompt, "mri")
+        except PromptResolutionError:
+            continue
+        assert not any(c.startswith("region") and "prostate" in c for c in resolution.context)

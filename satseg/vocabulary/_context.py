@@ -123,6 +123,7 @@ _LONGEST_NAME = 6
 WORDS = frozenset(w for k in _LEXICON for w in k) | {"t1", "t2"}
 
 _BOUNDARY_WORDS = frozenset({"and", "or", "plus"})
+_LEVEL = re.compile(r"^[ctls]\d{1,2}$")
 _TOKEN = re.compile(r"[a-z0-9]+|[,;+&/:()]")
 _BREAKS = frozenset(":()")  # end a phrase for the context rules; never part of the kept text
 _COMPOUNDS = [(re.compile(p), r) for p, r in (
@@ -273,6 +274,8 @@ def _set_aside_regions(words: list[Word], drop: list[bool], prepositional: bool)
             continue
         j = i + 1  # "on prostate MRI", "on CT pulmonary angiography": words ending in imaging words
         while j < n and words[j].label in (REGION, CONTENT, FILLER, MODALITY, IMAGING) and not _is_boundary(words[j]):
+            if _LEVEL.match(words[j].canon):  # "at the L3 level": a vertebra level is a structure, never context
+                break
             j += 1
         if j > i + 1 and words[j - 1].label in (MODALITY, IMAGING) and ends_here(j):
             drop[i:j] = [True] * (j - i)
@@ -308,7 +311,7 @@ def _groups(run: list[Word]) -> list[tuple[str, str]]:
         if w.label in (PREPOSITION, FILLER):
             pending.append(w)
             continue
-        label = w.label if w.label != CONTENT else REGION
+        label = w.label if w.label != CONTENT else IMAGING  # "on prostate MRI": words naming the scan
         if groups and groups[-1][0] == label and not pending:
             groups[-1][1].append(w)
         else:

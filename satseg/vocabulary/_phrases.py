@@ -42,6 +42,15 @@ _SHARED_HEAD = re.compile(r"^([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+) (
 _SHARED_MODIFIER = re.compile(r"^(.+) ([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+)$")
 _SIDED_SUFFIX = ("hemisphere",)  # "left cerebellar hemisphere" is the left cerebellum; both hemispheres are not
 _POSITIONAL = ("inferior", "superior", "anterior", "posterior", "medial", "lateral", "upper", "lower", "middle")
+# Dropping a category word keeps the category: what is left must name a structure of that kind ("hip muscles" is
+# no hip bone, "costal muscle" no rib, "lung cavity" no lung). A term is of a kind when one of its words is here.
+KINDS = {
+    "muscle": frozenset({"muscle", "gluteus", "iliopsoas", "psoas", "autochthon", "myocardium", "constrictor"}),
+    "bone": frozenset({"bone", "femur", "humerus", "rib", "vertebrae", "skull", "sacrum", "hip", "clavicle",
+                       "scapula", "mandible", "sternum", "tibia", "mastoid", "manubrium"}),
+    "gland": frozenset({"gland", "thyroid", "prostate", "thymus", "pancreas", "breast", "gonad"}),
+    "cavity": frozenset({"cavity", "canal", "ventricle", "ear", "sinus"}),
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,8 @@ class Resolver:
             alias = v.aliases[key]
             if alias["source"] == "word form":
                 return Match((alias["term"],), alias["method"], f"word form {key!r} → {alias['term']!r}")
+            if alias["source"] == "vertebra level":  # "L3", "lumbar 3": a level name, not an abbreviation
+                return Match((alias["term"],), alias["method"], f"vertebra level {key!r}")
             return Match((alias["term"],), alias["method"], f"{alias['method']} ({alias['source']})")
         if depth == 0:
             return None
@@ -126,11 +137,21 @@ class Resolver:
         for level in range(depth):  # the fewest rewrites first: "costal cartilage region" is costal cartilage,
             for rewritten, how, renamed_by in rewrites:  # not "rib cartilage" by a word form and a dropped word
                 found = self.key(rewritten, level)
+                if isinstance(found, Match) and not self._keeps_kind(how, found):
+                    continue
                 if isinstance(found, Match):
                     method = renamed_by if found.method == "exact" and renamed_by else found.method
                     lossy = found.lossy or how.startswith("without")
                     return Match(found.terms, method, f"{how}, then {found.how}", lossy)
         return None
+
+    @staticmethod
+    def _keeps_kind(how: str, found: Match) -> bool:
+        """After dropping a category word ("without 'muscle'"), every term must be of that kind."""
+        if not how.startswith("without "):
+            return True
+        kind = KINDS.get(how.split("'")[1])
+        return kind is None or all(kind & set(phrase_key(t).split()) for t in found.terms)
 
     def head_nouns(self) -> frozenset[str]:
         """Last words of the trained names of two or more words ("gland", "cavity", "lobe", "bowel")."""
@@ -161,7 +182,7 @@ class Resolver:
         last = max((i for i, w in enumerate(words) if not w.isdigit()), default=0)  # "3 ventricle region" → key
         if last > 0 and words[last] in DROPPABLE_SUFFIX and (words[last] not in _SIDED_SUFFIX  # "ventricle region 3"
                                                              or words[0] in LATERALITY):
-            yield " ".join(words[:last] + words[last + 1:]), f"without {words[last]!r}", "synonym"
+            yield " ".join(words[:last] + words[last + 1:]), f"without {words[last]!r}", "word dropped"
         if len(words) > 1 and words[-1] in _POSITIONAL:  # "vena cava inferior" (Latin order)
             yield phrase_key(" ".join([words[-1], *words[:-1]])), "word order", None
         side = words[:1] if words[0] in LATERALITY else []

@@ -44,7 +44,8 @@ class Resolution:
 
     prompt: str  # as given
     terms: tuple[str, ...]  # trained term names, lower case as in SAT's terminology list
-    method: str  # "exact" | "synonym" | "totalsegmentator" | "abbreviation" | "composition" | "finding" | "free-text"
+    method: str  # "exact" | "synonym" | "word dropped" ("prostate gland" → prostate) | "totalsegmentator" |
+    #              "abbreviation" | "composition" | "finding" | "free-text"
     modality: str | None = None
     warnings: tuple[str, ...] = ()
     explanation: str = ""
