@@ -76,3 +76,34 @@ def test_leftover_content_word_is_never_labelled_region():
         except PromptResolutionError:
             continue
         assert not any(c.startswith("region") and "prostate" in c for c in resolution.context)
+
+
+# -- a side carries across a list -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt, modality, expected", [
+    ("left parotid and submandibular glands", "ct", {"left parotid gland", "left submandibular gland"}),
+    ("left lung upper lobe and lower lobe", "ct", {"left lung upper lobe", "left lung lower lobe"}),
+    ("left kidney and adrenal", "ct", {"left kidney", "left adrenal gland"}),
+    ("left hippocampus and amygdala", "mri", {"left hippocampus", "left amygdala"}),
+    ("left ventricle and atrium", "ct", {"left heart ventricle", "left heart atrium"}),
+    ("right hip and femur", "ct", {"right hip", "right femur"}),
+    ("left thalamus, putamen and caudate nucleus", "mri", {"left thalamus", "left putamen", "left caudate nucleus"}),
+    ("right clavicle and scapula", "ct", {"right clavicle", "right scapula"}),
+    ("left iliac artery and vein", "ct", {"left iliac artery", "left iliac vena"}),
+])
+def test_side_carries_to_later_list_items(prompt, modality, expected):
+    assert _terms(prompt, modality) == expected
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("left kidney and liver", {"left kidney", "liver"}),  # no sided liver term: the item stays whole
+    ("liver and left kidney", {"liver", "left kidney"}),  # a side never carries backwards
+    ("left kidney, right kidney and spleen", {"left kidney", "right kidney", "spleen"}),
+    ("left kidney and both adrenals", {"left kidney", "left adrenal gland", "right adrenal gland"}),
+])
+def test_side_carrying_keeps_explicit_sides_and_unpaired_items(prompt, expected):
+    assert _terms(prompt) == expected
+
+
+@pytest.mark.parametrize("prompt", ["left kidney and kidney tumor", "left lung and lung nodule"])
+def test_side_that_has_no_sided_term_is_refused(prompt):
+    assert _refused(prompt)

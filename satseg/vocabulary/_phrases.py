@@ -248,6 +248,39 @@ class Resolver:
             return whole
         return None
 
+    def _carry_side(self, parts: list) -> list:
+        """A side named on a list item carries to the unsided items after it ("left kidney and adrenal" = left
+        kidney + left adrenal gland); an item whose structure has sided terms but not under that name is ambiguous
+        (refused), one with no sided terms ("left kidney and liver") stays whole. "both"/"bilateral" ends it."""
+        out, side = [], None
+        for segment, found in parts:
+            words = phrase_key(segment).split()
+            named = next((w for w in words if w in LATERALITY), None)
+            if named or {"both", "bilateral"} & set(tokens(segment)) or not isinstance(found, Match):
+                side = named
+                out.append((segment, found))
+                continue
+            if side is None:
+                out.append((segment, found))
+                continue
+            sided = self.phrase(f"{side} {segment}")
+            if isinstance(sided, Match) and sided.terms != found.terms:
+                out.append((f"{side} {segment}", Match(sided.terms, sided.method,
+                                                       f"side {side!r} carried from the list; {sided.how}")))
+                continue
+            options = [t for t in found.terms for s in LATERALITY
+                       for m in [self.phrase(f"{s} {t}")] if isinstance(m, Match) and m.terms != (t,)]
+            if options or isinstance(sided, (Ambiguous, Refusal)):
+                options = [t for t in found.terms for s in LATERALITY
+                           for m in [self.phrase(f"{s} {t}")] if isinstance(m, Match) for t in m.terms]
+                options = tuple(dict.fromkeys(options + list(found.terms)))
+                out.append((segment, Refusal(
+                    f"{segment!r} follows {side!r} in a list, but no {side} term is trained under that name; "
+                    f"write the side of each item (one of: {', '.join(options)})", options)))
+                continue
+            out.append((segment, found))
+        return out
+
     def _shared_head(self, text: str) -> list | None:
         """"grey and white matter" = grey matter + white matter, when the first word alone is no structure;
         "kidney tumor and cyst" = kidney tumor + kidney cyst, when the last word alone is none."""
@@ -390,7 +423,7 @@ class Resolver:
                         best[end] is None or len(best[begin]) + 1 < len(best[end])):
                     best[end] = best[begin] + [(segment, found)]
         if best[-1] is not None:
-            return best[-1]
+            return self._carry_side(best[-1])
         shared = self._shared_head(text)
         if shared is not None:
             return shared
