@@ -149,7 +149,7 @@ def test_the_build_writes_word_forms_from_the_knowledge_file_and_the_curated_tab
     ("lung mets", "ct", {"lung tumor"}),
     ("pulmonary nodules", "ct", {"lung nodule"}),
     ("brain metastases", "mri", {"brain tumor"}),
-    ("myocardial lesions", "mri", {"myocardial edema", "myocardial scar"}),
+    ("myocardial oedema", "mri", {"myocardial edema"}),
     ("nasopharyngeal carcinoma", "ct", {"nasopharyngeal tumor"}),
     ("tumour lesions", "pet", {"tumor"}),
     ("acute ischemic stroke lesion", "mri", {"stroke"}),

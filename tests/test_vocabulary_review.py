@@ -107,3 +107,35 @@ def test_side_carrying_keeps_explicit_sides_and_unpaired_items(prompt, expected)
 @pytest.mark.parametrize("prompt", ["left kidney and kidney tumor", "left lung and lung nodule"])
 def test_side_that_has_no_sided_term_is_refused(prompt):
     assert _refused(prompt)
+
+
+# -- findings: general words, qualifiers, contradictions, metastases -----------------------------------------------
+@pytest.mark.parametrize("prompt, modality, expected", [
+    ("lung lesions", "ct", {"lung nodule", "lung tumor"}),  # an effusion is no lesion
+    ("pulmonary masses", "ct", {"lung nodule", "lung tumor"}),
+    ("renal masses", "ct", {"kidney cyst", "kidney tumor"}),
+    ("liver metastases", "ct", {"liver tumor"}),
+    ("intracranial bleed", "ct", {"intracranial hemorrhage"}),  # a typed word on the qualifier names the term
+    ("stroke lesion", "mri", {"stroke"}),
+    ("tumour lesions", "pet", {"tumor"}),
+])
+def test_findings_that_still_resolve(prompt, modality, expected):
+    assert _terms(prompt, modality) == expected
+
+
+@pytest.mark.parametrize("prompt, modality", [
+    ("brain lesions", "mri"), ("brain lesions", "ct"), ("cerebral abnormality", "mri"),  # stroke, WMH ... too
+    ("myocardial lesions", "mri"),  # an oedema term exists: lesion or not is the clinician's call
+    ("intracranial lesion", "ct"), ("nasopharyngeal mass", "ct"),  # a name part is no organ
+    ("hemorrhagic stroke", "mri"), ("stroke edema", "mri"), ("covid nodules", "ct"), ("lung tumor cyst", "ct"),
+    ("cystic tumor of the kidney", "ct"),
+    ("metastases from lung cancer", "ct"), ("colon cancer metastases", "ct"), ("metastatic pancreatic cancer", "ct"),
+    ("liver metastasis from colon cancer", "ct"),
+])
+def test_findings_that_must_be_refused(prompt, modality):
+    assert _refused(prompt, modality)
+
+
+def test_general_finding_rule_is_explained():
+    explanation = resolve("lung lesions", "ct").explanation
+    assert "never an effusion" in explanation

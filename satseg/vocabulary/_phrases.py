@@ -331,9 +331,23 @@ class Resolver:
         while rest and rest[-1] in _findings.LINKS:
             rest.pop()
         on_modality = f" on {self.modality.upper()}" if self.modality else ""
+        typed = {_findings.FINDING_WORDS[w] for w in found} - {"any"}
+        if _findings.METASTASIS_WORDS & set(found) and (
+                "from" in words or {w for w in found if w not in _findings.METASTASIS_WORDS and
+                                    _findings.FINDING_WORDS[w] == "tumor"}):
+            return Refusal(f"{text!r} names metastases with their primary tumour: metastases lie elsewhere and no "
+                           f"term segments them by their primary; name the organ they are in ('liver metastases')",
+                           self._lesion_terms()[:5])
+        if len(typed) > 1:
+            return Refusal(f"{text!r} names two kinds of finding ({', '.join(sorted(typed))}); write each as its "
+                           f"own prompt", self._lesion_terms()[:5])
         for named in [rest] if rest else [[w] for w in found]:  # "stroke lesion", "COVID-19 lesions", "tumour
             lesion = self._lesion_term(named)                     # lesions": a lesion term with a finding word
             if lesion is not None:
+                kinds = {_findings.term_type(t, phrase_key(t).split()) for t in lesion.terms}
+                if typed and kinds != typed:  # "hemorrhagic stroke", "covid nodules": the word contradicts it
+                    return Refusal(f"{text!r}: {' '.join(found)!r} does not fit {', '.join(lesion.terms)!r}; "
+                                   f"write the lesion term alone", tuple(lesion.terms))
                 return Match(lesion.terms, lesion.method, f"{' '.join(found)!r} on a lesion term: {lesion.how}")
         if not rest:
             options = self._lesion_terms()
@@ -359,6 +373,19 @@ class Resolver:
                 return Refusal(f"{text!r}: the {'/'.join(sorted(missing & types))} lesion terms of the {unsided} "
                                 f"are not sided; choose among {', '.join(options)}", options)
         chosen = [t for t, k in lesions if k in types]
+        general = not typed
+        if general and owner not in self.vocabulary.terms:  # "intracranial lesion": a name part, not an organ
+            options = tuple(t for t, _ in lesions)
+            return Refusal(f"{text!r}: {' '.join(rest)!r} is no organ; name the lesion term "
+                           f"({', '.join(options)})", options)
+        on = [t for t in _findings.LESIONS_INSIDE.get(owner, ()) if t in self.vocabulary.terms] + [
+            t for t, k in lesions if k == "edema"]  # oedema: a lesion or not is the clinician's call
+        inside = [t for t in on if self.modality is None or self.modality in self.vocabulary.modalities_of(t)]
+        if general and inside:
+            trained = [t for t in chosen if self.modality is None or self.modality in self.vocabulary.modalities_of(t)]
+            options = tuple(dict.fromkeys(trained + inside))
+            return Refusal(f"{text!r} could be any of the {owner}'s lesion terms{on_modality}: "
+                           f"{', '.join(options)}; name the ones you mean", options)
         if not chosen:
             options = tuple(t for t, _ in lesions)
             return Refusal(f"no {'/'.join(sorted(types))} lesion term is trained for {owner!r}; its lesion terms: "
