@@ -139,3 +139,22 @@ def test_findings_that_must_be_refused(prompt, modality):
 def test_general_finding_rule_is_explained():
     explanation = resolve("lung lesions", "ct").explanation
     assert "never an effusion" in explanation
+
+
+# -- spelling never changes a prefix; at distance 2 the start stays -------------------------------------------------
+@pytest.mark.parametrize("prompt", [
+    "extracranial hemorrhage", "intraventricular", "infraclavian artery", "hypothalamus", "subthalamus",
+    "epicardium", "perirenal fat",
+])
+def test_no_correction_across_a_prefix(prompt):
+    try:
+        resolution = resolve(prompt, "ct")
+    except PromptResolutionError:
+        return
+    assert not resolution.corrections, resolution.corrections
+
+
+def test_prefix_rule_refuses_the_reviewers_cases_and_keeps_real_typos():
+    assert _refused("extracranial hemorrhage") and _refused("intraventricular")
+    assert _terms("gallblader") == {"gallbladder"} and _terms("subclavan artery") == {"subclavian artery"}
+    assert _terms("pancraes") == {"pancreas"}

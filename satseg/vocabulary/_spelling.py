@@ -1,5 +1,7 @@
 """Misspelled words: a word the vocabulary does not know, within edit distance 1 (2 for words of 8+ letters) of
-exactly one word it knows, is corrected; two or more such words → the caller refuses, naming them.
+exactly one word it knows, is corrected; two or more such words → the caller refuses, naming them. A correction
+never changes a prefix (extra/intra/inter/supra/infra/sub/peri/para/hypo/hyper/pre/post/endo/epi: "extracranial"
+is not "intracranial") and, at distance 2, keeps the first three letters.
 
 Distances are Damerau–Levenshtein with adjacent transpositions ("pancraes" → "pancreas" is one edit). Candidates
 are found with a symmetric-deletion index (every known word with up to two letters deleted), built once on first
@@ -12,6 +14,21 @@ from itertools import combinations
 
 MIN_LENGTH = 4  # shorter words (abbreviations, "l4") are never corrected
 LONG_WORD = 8
+# A prefix changes the meaning ("extracranial" is not "intracranial"): no correction across one.
+PREFIXES = ("extra", "intra", "inter", "supra", "infra", "sub", "peri", "para", "hypo", "hyper", "pre", "post",
+            "endo", "epi")
+
+
+def _prefix(word: str) -> str:
+    return next((p for p in sorted(PREFIXES, key=len, reverse=True) if word.startswith(p) and len(word) > len(p) + 2),
+                "")
+
+
+def plausible(word: str, candidate: str, dist: int) -> bool:
+    """A correction keeps the word's prefix, and at distance 2 its first three letters."""
+    if _prefix(word) != _prefix(candidate):
+        return False
+    return dist < 2 or word[:3] == candidate[:3]
 
 
 def max_distance(word: str) -> int:
@@ -57,4 +74,8 @@ class Speller:
             return []
         limit = max_distance(word)
         seen = {c for d in _deletions(word, limit) for c in self.index.get(d, ())}
-        return sorted(c for c in seen if distance(word, c) <= limit)
+        close = {c: distance(word, c) for c in sorted(seen)}
+        close = {c: d for c, d in close.items() if d <= limit}
+        if len(close) == 1 and not plausible(word, *next(iter(close.items()))):
+            return []  # the only close word changes a prefix or the word's start: no correction
+        return list(close)  # two or more: the caller refuses, naming them (an implausible one still counts)
