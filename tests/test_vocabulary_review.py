@@ -158,3 +158,40 @@ def test_prefix_rule_refuses_the_reviewers_cases_and_keeps_real_typos():
     assert _refused("extracranial hemorrhage") and _refused("intraventricular")
     assert _terms("gallblader") == {"gallbladder"} and _terms("subclavan artery") == {"subclavian artery"}
     assert _terms("pancraes") == {"pancreas"}
+
+
+# -- a region phrase that says where the structure is ----------------------------------------------------------------
+@pytest.mark.parametrize("prompt, modality, expected", [
+    ("vertebrae of the lumbar spine", "ct", {"lumbar vertebrae"}),  # a multi-region structure: its regional term
+    ("vertebrae in the neck", "ct", {"cervical vertebrae"}),
+    ("vertebrae in the chest", "ct", {"thoracic vertebrae"}),
+    ("esophagus in the neck", "ct", {"cervical esophagus"}),
+    ("tumor in the neck", "pet", {"head and neck tumor"}),
+    ("liver in the abdomen", "ct", {"liver"}),  # a one-region structure of that region: context
+    ("kidney in the retroperitoneum", "ct", {"kidney"}),
+    ("liver and spleen in the abdomen", "ct", {"liver", "spleen"}),
+    ("sacrum in the pelvis", "ct", {"sacrum"}),
+    ("vertebrae of the spine", "ct", {"vertebrae"}),  # the region holds all of it
+    ("aorta on abdominal CT", "ct", {"aorta"}),  # a region of the scan, not of the structure
+    ("MRI of the abdomen depicting the aorta", "mri", {"aorta"}),
+    ("tumor on whole-body PET", "pet", {"tumor"}),
+    ("Abdomen: liver", "ct", {"liver"}),
+])
+def test_region_phrase_kept_as_context_or_narrowing(prompt, modality, expected):
+    assert _terms(prompt, modality) == expected
+
+
+@pytest.mark.parametrize("prompt, modality", [
+    ("aorta in the abdomen", "ct"), ("aorta of the chest", "ct"), ("esophagus in the chest", "ct"),
+    ("muscles of the thigh", "ct"), ("bones of the hand", "ct"), ("fat of the thigh", "ct"),
+    ("skin of the face", "ct"), ("lymph nodes in the neck", "pet"), ("lymph nodes of the abdomen", "pet"),
+    ("spinal cord in the neck", "ct"), ("inferior vena cava in the abdomen", "ct"),
+    ("left ventricle in the brain", "mri"), ("spleen in the chest", "ct"), ("thyroid in the pelvis", "ct"),
+    ("hippocampus in the abdomen", "mri"),
+])
+def test_region_phrase_that_narrows_without_a_term_or_contradicts_is_refused(prompt, modality):
+    assert _refused(prompt, modality)
+
+
+def test_region_narrowing_is_explained():
+    assert "narrows" in resolve("esophagus in the neck", "ct").explanation

@@ -111,6 +111,29 @@ _REGIONS = ("abdomen", "abdominal", "abdominopelvic", "chest", "thorax", "thorac
             "knee", "elbow", "wrist", "ankle", "foot", "hand", "face", "thigh", "forearm", "upper arm", "calf",
             "orbit", "orbital", "skull base", "sinonasal", "hepatobiliary")
 
+# Region word → SAT body regions it names (words absent here, "region", "area", "body", narrow nothing).
+_AB, _TH, _PE, _HN, _BR, _SP, _LL, _UL = ("abdomen", "thorax", "pelvis", "head and neck", "brain", "spine",
+                                          "lower limb", "upper limb")
+REGION_OF = {
+    "abdomen": {_AB}, "abdominal": {_AB}, "retroperitoneum": {_AB}, "retroperitoneal": {_AB},
+    "hepatobiliary": {_AB}, "abdominopelvic": {_AB, _PE}, "thoracoabdominal": {_TH, _AB},
+    "chest": {_TH}, "thorax": {_TH}, "thoracic": {_TH, _SP}, "mediastinum": {_TH}, "mediastinal": {_TH},
+    "cardiac": {_TH}, "cardiothoracic": {_TH}, "pelvis": {_PE}, "pelvic": {_PE},
+    "head": {_HN, _BR}, "neck": {_HN}, "face": {_HN}, "orbit": {_HN}, "orbital": {_HN}, "sinonasal": {_HN},
+    "skull": {_HN}, "brain": {_BR}, "cranial": {_BR}, "intracranial": {_BR}, "neuro": {_BR},
+    "spine": {_SP}, "spinal": {_SP}, "lumbar": {_SP}, "cervical": {_SP, _HN},
+    "leg": {_LL}, "thigh": {_LL}, "knee": {_LL}, "calf": {_LL}, "foot": {_LL}, "ankle": {_LL},
+    "arm": {_UL}, "hand": {_UL}, "forearm": {_UL}, "wrist": {_UL}, "elbow": {_UL}, "shoulder": {_UL},
+    "limb": {_LL, _UL}, "extremity": {_LL, _UL},
+}
+# Neighbouring regions a structure may be named in without contradiction ("sacrum in the pelvis", "iliac artery
+# in the pelvis", "scapula of the chest").
+REGION_NEIGHBOURS = {_AB: {_PE, _SP}, _PE: {_AB, _SP, _LL}, _TH: {_SP, _UL}, _HN: {_BR, _SP},
+                     _BR: {_HN}, _SP: set(), _LL: {_PE}, _UL: {_TH}}
+# Region word → the adjective regional terms are named with ("esophagus in the neck" → "cervical esophagus").
+REGION_ADJECTIVE = {"neck": "cervical", "abdomen": "abdominal", "chest": "thoracic", "thorax": "thoracic",
+                    "pelvis": "pelvic", "head": "head and neck", "brain": "cerebral", "spine": "spinal"}
+
 _LEXICON: dict[tuple[str, ...], tuple[str, str | None]] = {}
 for _phrase, _named in _MODALITY_PHRASES.items():
     _LEXICON[tuple(_phrase.split())] = (MODALITY, _named)
@@ -139,6 +162,7 @@ class Word:
     canon: str  # canonical form used for labels
     label: str = CONTENT
     names: str | None = None  # modality this word names ("ct", "mri", "pet", "pet+ct"), if any
+    where: bool = False  # a set-aside region word that says where the structure is (not the scan)
 
 
 def words_of(text: str, names: Callable[[str], bool] = lambda phrase: False) -> list[Word]:
@@ -240,6 +264,7 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
                 break
             drop[i] = words[i].label in (PREPOSITION, FILLER)
     _drop_dangling_prepositions(words, drop)
+    _structure_regions(words, drop)
     kept = " ".join(w.text for w, d in zip(words, drop) if not d)
     aside, run = [], []
     for w, d in zip(words, drop):
@@ -251,6 +276,47 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
     if run:
         aside.append(run)
     return kept, [group for r in aside for group in _groups(r)]
+
+
+def _structure_regions(words: list[Word], drop: list[bool]) -> None:
+    """Mark set-aside region words that say where the structure is ("esophagus in the neck"), not which scan it
+    is ("abdominal CT", "CT abdomen and pelvis", a heading "Abdomen:"): ``Word.where`` is True for those."""
+    n = len(words)
+    heading = next((i for i, w in enumerate(words) if w.text == ":"), -1)
+    if heading > 0 and not all(w.label in (REGION, FILLER, MODALITY, IMAGING) for w in words[:heading]):
+        heading = -1
+
+    def reaches_scan(i: int, step: int) -> bool:
+        k = i + step
+        while 0 <= k < n:
+            w = words[k]
+            if w.label in (MODALITY, IMAGING):
+                return True
+            if step < 0 and w.canon == "of" and k > 0 and words[k - 1].label in (MODALITY, IMAGING):
+                return True  # "MRI of the abdomen", "CT of the spine": the scan
+            between = _is_boundary(w) and 0 <= k + step < n and words[k + step].label == REGION
+            if w.label not in (REGION, FILLER) and not between:
+                return False
+            k += step
+        return False
+
+    for i, w in enumerate(words):
+        w.where = (drop[i] and w.label == REGION and i > heading
+                   and not reaches_scan(i, 1) and not reaches_scan(i, -1))
+
+
+def structure_regions(words: list[Word]) -> list[list[str]]:
+    """Runs of region words marked by :func:`set_aside` as saying where the structure is (canonical words)."""
+    runs, run = [], []
+    for w in words:
+        if getattr(w, "where", False):
+            run.append(w.canon)
+        elif run and w.label not in (FILLER,):
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    return runs
 
 
 def _set_aside_regions(words: list[Word], drop: list[bool], prepositional: bool) -> None:

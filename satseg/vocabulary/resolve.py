@@ -159,7 +159,78 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
         reading.steps.append("set aside " + ", ".join(f"{label} {phrase!r}" for label, phrase in aside))
     if not kept.strip():
         reading.parts = [(text, None)]
+    elif resolved(parts):
+        for run in _context.structure_regions(words):
+            reading.parts = _in_region(reading.parts, run, resolver, reading, prompt)
     return reading
+
+
+# Structures that run through several body regions though SAT lists one region for them: a region named with them
+# ("aorta in the abdomen") asks for a part, never the whole.
+_SPANNING = {"aorta": {"thorax", "abdomen"}, "inferior vena cava": {"thorax", "abdomen"}, "vertebrae": {"spine"},
+             "spinal cord": {"spine"}, "spinal canal": {"spine"}, "intervertebral discs": {"spine"}}
+
+
+def _span(term: str, vocabulary: Vocabulary) -> set[str] | None:
+    """The regions a structure runs through when it runs through several (None for a one-region structure)."""
+    regions = set(vocabulary.terms[term].regions)
+    if term in _SPANNING:
+        return _SPANNING[term]
+    return regions if len(regions) > 1 or "whole body" in regions else None
+
+
+def _in_region(parts: list, run: list[str], resolver, reading: _Reading, prompt: str) -> list:
+    """Check each structure against a region phrase said to hold it ("in the neck"): a structure of that region
+    keeps it as context; one that spans several regions becomes its one regional term ("esophagus in the neck" →
+    cervical esophagus), else is refused; one that lies elsewhere ("left ventricle in the brain") is refused."""
+    vocabulary = load()
+    named = set().union(*(_context.REGION_OF.get(w, set()) for w in run))
+    if not named:
+        return parts
+    near = named.union(*(_context.REGION_NEIGHBOURS.get(r, set()) for r in named))
+    where = " ".join(run)
+    qualifiers = [w for w in run if w in _context.REGION_OF] + [
+        _context.REGION_ADJECTIVE[w] for w in run if w in _context.REGION_ADJECTIVE] + sorted(named) + [where]
+    out = []
+    for phrase, found in parts:
+        if isinstance(found, Refusal) or not getattr(found, "terms", None):
+            out.append((phrase, found))
+            continue
+        terms = found.terms
+        spans = [_span(t, vocabulary) for t in terms]
+        if any(spans):
+            options = {}
+            for q in dict.fromkeys(qualifiers):
+                regional = resolver.phrase(f"{q} {phrase}")
+                ts = getattr(regional, "terms", None)
+                if (ts and set(ts) != set(terms) and not isinstance(regional, Refusal)
+                        and all(set(vocabulary.terms[t].regions) & near for t in ts)):
+                    options.setdefault(ts, (f"{q} {phrase}", regional))
+            if len(options) == 1:
+                (ts, (said, regional)), = options.items()
+                out.append((said, type(regional)(ts, regional.method,
+                                                  f"region {where!r} narrows {phrase!r}; {regional.how}")))
+                continue
+            if not options and all(span is None or span <= named for span in spans):
+                out.append((phrase, found))  # "vertebrae of the spine", "spinal cord in the spine": the whole
+                continue
+            shown = [t for ts in options for t in ts]
+            raise PromptResolutionError(
+                f"{phrase!r} ({', '.join(terms)}) spans several body regions and "
+                + (f"could be {' or '.join(repr(t) for t in shown)} in {where!r}" if shown else
+                   f"no trained term is its part in {where!r}")
+                + f"; name the structure without the region, or a term from: satseg terms --region "
+                  f"'{sorted(named)[0]}'", prompt=prompt, suggestions=tuple(shown or terms)[:5],
+                steps=tuple(reading.steps))
+        elsewhere = [t for t in terms if not set(vocabulary.terms[t].regions) & near]
+        if elsewhere:
+            raise PromptResolutionError(
+                f"{prompt!r} places {', '.join(repr(t) for t in elsewhere)} in {where!r}, but it lies in the "
+                f"{'/'.join(vocabulary.terms[elsewhere[0]].regions)}; write the structure you mean",
+                prompt=prompt, suggestions=tuple(suggest(f"{where} {phrase}", k=5, modality=reading.modality)),
+                steps=tuple(reading.steps))
+        out.append((phrase, found))
+    return out
 
 
 def _candidates(speller: Speller, word: _context.Word) -> list[str]:
