@@ -195,3 +195,33 @@ def test_region_phrase_that_narrows_without_a_term_or_contradicts_is_refused(pro
 
 def test_region_narrowing_is_explained():
     assert "narrows" in resolve("esophagus in the neck", "ct").explanation
+
+
+# -- " - ", ":", "( )" and "," never glue two names into one -------------------------------------------------------
+@pytest.mark.parametrize("prompt, modality", [
+    ("liver - tumor", "ct"), ("liver: tumor", "ct"), ("liver (tumor)", "ct"), ("liver - tumor on CT", "ct"),
+    ("liver, tumor", "ct"), ("left kidney (cyst)", "ct"), ("lung - nodule", "ct"), ("brain (edema)", "mri"),
+    ("pancreas: tumor", "ct"),
+])
+def test_separators_never_glue_words_into_a_name(prompt, modality):
+    glued = {"liver tumor", "left kidney cyst", "lung nodule", "brain edema", "pancreas tumor"}
+    try:
+        terms = _terms(prompt, modality)
+    except PromptResolutionError:
+        return
+    assert not terms & glued, terms
+
+
+@pytest.mark.parametrize("prompt, modality, expected", [
+    ("liver - spleen", "ct", {"liver", "spleen"}),  # a union, as ","
+    ("liver (spleen)", "ct", {"liver", "spleen"}),
+    ("Brain: hippocampus", "mri", {"hippocampus"}),  # a context heading
+    ("Abdomen: liver", "ct", {"liver"}),
+    ("MRI brain - hippocampus", "mri", {"hippocampus"}),
+    ("Kidneys (left)", "ct", {"left kidney"}),  # a side in parentheses is part of the name
+    ("kidney, left", "ct", {"left kidney"}),
+    ("cervical vertebrae 1 (c1)", "ct", {"cervical vertebrae 1 (c1)"}),  # the name's own parentheses
+    ("inferior vena cava (IVC)", "ct", {"inferior vena cava"}),
+])
+def test_separators_split_or_set_a_heading_aside(prompt, modality, expected):
+    assert _terms(prompt, modality) == expected

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from satseg.vocabulary._text import canonical, light
+from satseg.vocabulary._text import canonical, light, sides_out_of_parens
 
 MODALITY, IMAGING, TASK, FILLER, PREPOSITION, REGION, SEPARATOR, CONTENT = (
     "modality", "imaging", "task", "filler", "preposition", "region", "separator", "content")
@@ -168,7 +168,7 @@ class Word:
 def words_of(text: str, names: Callable[[str], bool] = lambda phrase: False) -> list[Word]:
     """The prompt as labelled words and separators (``,`` ``;`` ``+`` ``&`` ``/``); ``names(phrase)`` says
     whether a phrase of two or more words is a trained name (those words are never context)."""
-    s = light(text)
+    s = light(sides_out_of_parens(text))
     for pattern, replacement in _COMPOUNDS:
         s = pattern.sub(replacement, s)
     out = [Word(t, t if not t.isalpha() else canonical(t)) for t in _TOKEN.findall(s)]
@@ -265,7 +265,10 @@ def set_aside(words: list[Word], regions: bool) -> tuple[str, list[tuple[str, st
             drop[i] = words[i].label in (PREPOSITION, FILLER)
     _drop_dangling_prepositions(words, drop)
     _structure_regions(words, drop)
-    kept = " ".join(w.text for w, d in zip(words, drop) if not d)
+    content = [i for i, (w, d) in enumerate(zip(words, drop)) if not d and w.label in (CONTENT, REGION)
+               and not _is_boundary(w)]
+    kept = " ".join(w.text if not d else "," for i, (w, d) in enumerate(zip(words, drop))  # "liver - tumor":
+                    if not d or (w.text in _BREAKS and content and content[0] < i < content[-1]))  # two names
     aside, run = [], []
     for w, d in zip(words, drop):
         if d:

@@ -14,8 +14,16 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from satseg.vocabulary import _findings
-from satseg.vocabulary._text import LATERALITY, counts, light, phrase_key, tokens
+from satseg.vocabulary import _context, _findings
+from satseg.vocabulary._text import (
+    HARD_SEPARATOR,
+    LATERALITY,
+    counts,
+    light,
+    phrase_key,
+    sides_out_of_parens,
+    tokens,
+)
 from satseg.vocabulary.catalog import MODALITIES, Vocabulary, load
 
 MAX_PARTS = 40
@@ -424,10 +432,33 @@ class Resolver:
 
     # -- a whole prompt -----------------------------------------------------------------------------------------
     def prompt(self, text: str) -> list[tuple[str, Match | Ambiguous | Refusal | None]]:
-        """The fewest phrases that all resolve, as (phrase, result); one unresolved phrase when none do."""
+        """The fewest phrases that all resolve, as (phrase, result); one unresolved phrase when none do. " - ",
+        ":" and "( )" separate phrases as "," does (a side in parentheses stays: "kidney (left)")."""
+        text = sides_out_of_parens(text)
+        pieces = [p.strip() for p in HARD_SEPARATOR.split(text) if p.strip()]
+        if len(pieces) < 2:
+            return self._prompt(" ".join(pieces) or text)
+        whole = self.phrase(text)  # a name with its own parentheses: "cervical vertebrae 1 (c1)"
+        if isinstance(whole, Match) and any(HARD_SEPARATOR.search(t) for t in whole.terms):
+            return [(text, whole)]
+        head = text.split(":", 1)[0] if ":" in text else ""
+        if head.strip() and all(w.label != _context.CONTENT for w in _context.words_of(head)):
+            return [(text, None)]  # "Brain: hippocampus": a heading, read as context
+        out = []
+        for piece in pieces:
+            parts = self._prompt(piece)
+            if not resolved(parts):
+                return parts
+            out += parts
+        return out
+
+    def _prompt(self, text: str) -> list[tuple[str, Match | Ambiguous | Refusal | None]]:
         whole = self.phrase(text)
         separators = list(_SEPARATOR.finditer(text))
-        if isinstance(whole, Ambiguous) or isinstance(whole, Match) and not (whole.lossy and separators):
+        listed = re.search(r"[,;]", text) is not None and not any(  # "liver, tumor" is two names, never
+            set(tokens(p)) <= {*LATERALITY, "both", "bilateral"} for p in re.split(r"[,;]", text))  # "liver tumor"
+        if isinstance(whole, Ambiguous) or isinstance(whole, Match) and not (whole.lossy and separators) and not (
+                listed and not any("," in t for t in whole.terms)):
             return [(text, whole)]
         spans, start = [], 0
         for sep in separators:
@@ -443,6 +474,8 @@ class Resolver:
                 if best[begin] is None:
                     continue
                 segment = text[spans[begin][0]:spans[end - 1][1]].strip()
+                if end - begin > 1 and re.search(r"[,;]", segment):
+                    continue  # a comma or semicolon always separates names
                 found = self.phrase(segment)
                 if isinstance(found, Match) and found.lossy and end - begin > 1:
                     continue  # "thyroid gland, bone" is two structures, not "thyroid gland" without "bone"
@@ -454,7 +487,7 @@ class Resolver:
         shared = self._shared_head(text)
         if shared is not None:
             return shared
-        if whole is not None:
+        if whole is not None and not (listed and isinstance(whole, Match)):  # "kidney, left" is one name
             return [(text, whole)]
         reached = max(i for i, b in enumerate(best) if b is not None)  # report the part after the longest
         begin, stop = spans[reached]                                    # prefix that resolves

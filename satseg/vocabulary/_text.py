@@ -92,6 +92,16 @@ def light(text: str) -> str:
     return " ".join(text.split())
 
 
+_SIDE_IN_PARENS = re.compile(r"\(\s*(left|right|lt|rt|l|r|both|bilateral)\s*\)", re.IGNORECASE)
+# " - ", ":" and "( )" separate names; they never glue two words into one name ("liver - tumor").
+HARD_SEPARATOR = re.compile(r"\s+[-\u2010-\u2015]\s+|:|\(|\)")
+
+
+def sides_out_of_parens(text: str) -> str:
+    """"Kidney (left)" → "Kidney left": a side in parentheses is part of the name, not a second name."""
+    return _SIDE_IN_PARENS.sub(lambda m: f" {m.group(1)} ", text)
+
+
 def singular(word: str) -> str:
     """One word in singular form (``kidneys`` → ``kidney``, ``arteries`` → ``artery``, ``pancreas`` unchanged)."""
     if word in _SINGULAR:
