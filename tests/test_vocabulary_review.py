@@ -48,6 +48,7 @@ def test_vertebra_level_alone_still_resolves_and_says_level():
     resolution = resolve("L3", "ct")
     assert resolution.terms == ("lumbar vertebrae 3 (l3)",)
     assert "vertebra level" in resolution.explanation and "abbreviation (" not in resolution.explanation
+    assert resolution.method == "vertebra level"
 
 
 # -- dropping "muscle"/"bone"/"gland"/"cavity" keeps the category ---------------------------------------------------
@@ -225,3 +226,11 @@ def test_separators_never_glue_words_into_a_name(prompt, modality):
 ])
 def test_separators_split_or_set_a_heading_aside(prompt, modality, expected):
     assert _terms(prompt, modality) == expected
+
+
+# -- --explain says what happened ---------------------------------------------------------------------------------
+def test_explain_names_the_typed_item_for_a_carried_side_and_a_narrowing_region():
+    carried = resolve("left kidney and adrenal", "ct")
+    assert any(step.startswith("'adrenal' → left adrenal gland (side 'left' carried") for step in carried.steps)
+    narrowed = resolve("esophagus in the neck", "ct")
+    assert any(step.startswith("'esophagus' → cervical esophagus (region 'neck' narrows") for step in narrowed.steps)

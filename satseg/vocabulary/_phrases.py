@@ -137,7 +137,7 @@ class Resolver:
             if alias["source"] == "word form":
                 return Match((alias["term"],), alias["method"], f"word form {key!r} → {alias['term']!r}")
             if alias["source"] == "vertebra level":  # "L3", "lumbar 3": a level name, not an abbreviation
-                return Match((alias["term"],), alias["method"], f"vertebra level {key!r}")
+                return Match((alias["term"],), "vertebra level", f"vertebra level {key!r}")
             return Match((alias["term"],), alias["method"], f"{alias['method']} ({alias['source']})")
         if depth == 0:
             return None
@@ -273,8 +273,9 @@ class Resolver:
                 continue
             sided = self.phrase(f"{side} {segment}")
             if isinstance(sided, Match) and sided.terms != found.terms:
-                out.append((f"{side} {segment}", Match(sided.terms, sided.method,
-                                                       f"side {side!r} carried from the list; {sided.how}")))
+                out.append((segment, Match(sided.terms, sided.method,
+                                           f"side {side!r} carried from the list, as {side + ' ' + segment!r}; "
+                                           f"{sided.how}")))
                 continue
             options = [t for t in found.terms for s in LATERALITY
                        for m in [self.phrase(f"{s} {t}")] if isinstance(m, Match) and m.terms != (t,)]

@@ -45,7 +45,7 @@ class Resolution:
     prompt: str  # as given
     terms: tuple[str, ...]  # trained term names, lower case as in SAT's terminology list
     method: str  # "exact" | "synonym" | "word dropped" ("prostate gland" → prostate) | "totalsegmentator" |
-    #              "abbreviation" | "composition" | "finding" | "free-text"
+    #              "abbreviation" | "vertebra level" ("L3") | "composition" | "finding" | "free-text"
     modality: str | None = None
     warnings: tuple[str, ...] = ()
     explanation: str = ""
@@ -208,8 +208,8 @@ def _in_region(parts: list, run: list[str], resolver, reading: _Reading, prompt:
                     options.setdefault(ts, (f"{q} {phrase}", regional))
             if len(options) == 1:
                 (ts, (said, regional)), = options.items()
-                out.append((said, type(regional)(ts, regional.method,
-                                                  f"region {where!r} narrows {phrase!r}; {regional.how}")))
+                out.append((phrase, type(regional)(ts, regional.method,
+                                                   f"region {where!r} narrows it, as {said!r}; {regional.how}")))
                 continue
             if not options and all(span is None or span <= named for span in spans):
                 out.append((phrase, found))  # "vertebrae of the spine", "spinal cord in the spine": the whole
