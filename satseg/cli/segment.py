@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -104,16 +103,11 @@ def segment(
                f"({time.perf_counter() - started:.1f} s)")
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
 def check_model_name(model: str, *, device: str = "auto", precision: str = "auto") -> None:
     """Refuse an unknown model name, device or precision before any scan is read (usage errors, exit 2)."""
-    from satseg.errors import InputError
+    from satseg.inference.options import check_device_name, check_precision_name
     from satseg.weights import get_model
 
-    if not _DEVICE.match((device or "auto").lower()):
-        raise InputError(f"unknown device {device!r}; use auto, cuda, cuda:N, mps or cpu")
-    if (precision or "auto").lower() not in ("auto", "fp32", "bf16", "fp16"):
-        raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    check_device_name(device)
+    check_precision_name(precision)
     get_model(model)  # UnknownModelError (a usage error) lists the known names

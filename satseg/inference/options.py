@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from satseg.errors import InputError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(device: str | None) -> str:
+    """``device`` in lower case if it is one satseg knows (auto, cpu, mps, cuda, cuda:N), else a usage error;
+    whether the device is there is checked when the model is placed on it."""
+    name = (device or "auto").lower()
+    if not _DEVICE.match(name):
+        raise InputError(f"unknown device {device!r}; use auto, cuda, cuda:N, mps or cpu")
+    return name
+
+
+def check_precision_name(precision: str | None) -> str:
+    """``precision`` in lower case if it is one of :data:`PRECISIONS`, else a usage error."""
+    name = (precision or "auto").lower()
+    if name not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    return name
 
 
 @dataclass(frozen=True)

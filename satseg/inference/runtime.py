@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from satseg.errors import InputError, SatsegError
+from satseg.errors import SatsegError
+from satseg.inference.options import check_device_name, check_precision_name
 
 
 def pick_device(requested: str) -> torch.device:
     """``auto`` → CUDA, else MPS, else CPU; an unavailable explicit choice is a one-line error."""
-    requested = (requested or "auto").lower()
+    requested = check_device_name(requested)
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -26,16 +27,12 @@ def pick_device(requested: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
             raise SatsegError("--device mps was asked for, but Apple MPS is not available")
         return torch.device("mps")
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise InputError(f"unknown device {requested!r}; use auto, cuda, cuda:N, mps or cpu")
+    return torch.device("cpu")
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
-    precision = (precision or "auto").lower()
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise InputError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    precision = check_precision_name(precision)
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":  # upstream SAT's own inference precision (torch.cuda.amp.autocast: float16)
