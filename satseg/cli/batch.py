@@ -10,10 +10,9 @@ from pathlib import Path
 import typer
 
 from satseg.cli._console import stage, window_progress
-
 from satseg.cli.segment import (
-    ALLOW_UNTRAINED, COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW, PROBABILITIES, PROMPT_CHUNK,
-    STATISTICS, THREADS, WINDOW_BATCH, check_model_name,
+    ALLOW_UNTRAINED, COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW,
+    PROBABILITIES, PROMPT_CHUNK, STATISTICS, THREADS, WINDOW_BATCH, check_model_name,
 )
 
 HELP = ("Segment a cohort: satseg batch INPUTS... | DIR | LIST.txt | - -p PROMPT -o OUT_DIR. One folder per "
@@ -69,8 +68,9 @@ def batch(
                                  "(or a non-empty \"prompts\" list to every job in --jobs)")
     # This process's share: --shard, and the launcher's (a Slurm job array's task, torchrun's rank), each
     # applied to what the one before left, so shares of shares stay disjoint and cover the cohort.
-    shares = [parse_shard(shard)] if shard else []
-    cases = select_shard(cases, parse_shard(shard))
+    given = parse_shard(shard)
+    shares = [given] if given else []
+    cases = select_shard(cases, given)
     for k, n, where in environment_shards():
         cases = select_shard(cases, (k, n))
         shares.append((k, n))
@@ -170,8 +170,7 @@ class _CohortRunner:
     def run(self, case, prompts: list[str], case_dir: Path, counter: str) -> None:
         from satseg.errors import SatsegError
         from satseg.inference.options import ScanOptions
-        from satseg.inference.prepare import prepare_case
-        from satseg.inference.prepare import RESERVED_NAMES
+        from satseg.inference.prepare import RESERVED_NAMES, prepare_case
         from satseg.outputs import output_names
         from satseg.outputs.case import case_request, finished_record, recover_folder, run_report, write_segmentation
         from satseg.outputs.cohort_table import done_rows, failed_rows, structure_summary

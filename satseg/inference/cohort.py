@@ -143,11 +143,10 @@ def read_jobs(path: Path) -> list[Case]:
             raise InputError(f"{where}: \"prompts\" must be a list of strings")
         name = job.get("case")
         if name is not None and name != "":
-            name = unicodedata.normalize("NFC", str(name)) if isinstance(name, (str, int)) else name
-            if not isinstance(name, str) or safe_folder_name(name) != name:
+            name = unicodedata.normalize("NFC", str(name)) if isinstance(name, (str, int)) else None
+            if name is None or safe_folder_name(name) != name:
                 raise InputError(f"{where}: \"case\" must be a plain folder name (no '/', '\\', leading '.' or "
-                                 f"control characters), got {name!r}")
-            name = str(name)
+                                 f"control characters), got {job['case']!r}")
         cases.append(Case(path=image, name=name or case_name(image), prompts=prompts,
                           modality=job.get("modality"), orientation=job.get("orientation_code"), origin=where))
     if not cases:

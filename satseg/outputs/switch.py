@@ -21,7 +21,6 @@ every file it lists is there with its recorded size and sha256.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -45,7 +44,6 @@ REPORT_STAGED = ".report.json"
 MARKER_FORMAT = 2
 FOREIGN_STAGING_STALE_S = 24 * 3600
 """A staging folder of another host counts as abandoned when nothing in it changed for this long."""
-
 
 
 @contextlib.contextmanager
@@ -152,11 +150,9 @@ def clean_stale_staging(out_dir: Path) -> None:
 
 def _file_record(path: Path) -> dict:
     """Size and sha256 of a file (what a finished folder promises about it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fobj:
-        for chunk in iter(lambda: fobj.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    from satseg.weights.verification import sha256_file
+
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _with_identity(path: Path, record: dict) -> dict:
@@ -189,30 +185,28 @@ def _read_json(path: Path):
         return {}
 
 
-def is_complete(out_dir: Path, request: dict | None = None) -> bool:
-    """True when ``out_dir`` holds a finished result, made for ``request`` (when given), whose every listed
-    file is present with the size and sha256 the marker recorded."""
+def finished_record(out_dir: Path) -> dict | None:
+    """The completion record of a finished folder, else None: no interrupted switch, a record of this format,
+    and every file it lists present with its recorded size and sha256."""
     out_dir = Path(out_dir)
     if (out_dir / JOURNAL).exists():
-        return False  # a switch was interrupted: recover() finishes it
+        return None  # a switch was interrupted: recover() finishes it
     marker = _read_json(out_dir / COMPLETE_MARKER)
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-        return False
-    if request is not None and marker.get("request") != request:
-        return False
+        return None
     outputs = marker.get("outputs")
     if not isinstance(outputs, dict) or not outputs:
-        return False
-    return all(isinstance(rec, dict) and _within(out_dir, rel) and _matches(out_dir / rel, rec)
-               for rel, rec in outputs.items())
-
-
-def finished_record(out_dir: Path) -> dict | None:
-    """The completion record of a finished folder (every listed file verified), else None."""
-    out_dir = Path(out_dir)
-    if not is_complete(out_dir):
         return None
-    return _read_json(out_dir / COMPLETE_MARKER)
+    if not all(isinstance(rec, dict) and _within(out_dir, rel) and _matches(out_dir / rel, rec)
+               for rel, rec in outputs.items()):
+        return None
+    return marker
+
+
+def is_complete(out_dir: Path, request: dict | None = None) -> bool:
+    """True when ``out_dir`` holds a finished result (:func:`finished_record`), made for ``request`` when given."""
+    marker = finished_record(out_dir)
+    return marker is not None and (request is None or marker.get("request") == request)
 
 
 def _within(out_dir: Path, rel) -> bool:
