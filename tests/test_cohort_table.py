@@ -70,6 +70,9 @@ def test_shards_write_their_own_part_and_collect_gives_the_whole_table(env, coho
     assert collected.returncode == 0, collected.stderr
     assert "2 case(s) done, 1 failed" in collected.stdout
     assert read_table(out / "cohort.csv") == read_table(whole / "cohort.csv")
+    again = run_cli("batch", "--collect", "-o", str(out), env=env)  # reads its own cohort.csv as well as the parts
+    assert again.returncode == 0 and "2 case(s) done, 1 failed" in again.stdout
+    assert read_table(out / "cohort.csv") == read_table(whole / "cohort.csv")
 
 
 def test_collect_refuses_inputs_and_a_missing_folder(env, tmp_path):

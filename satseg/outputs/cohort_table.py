@@ -68,12 +68,10 @@ def _cell(value) -> str:
 
 def write_table(path: Path, rows: list[dict]) -> Path:
     """Write ``rows`` (sorted by case, structures in prompt order) as CSV, atomically."""
-    order = {case: i for i, case in enumerate(sorted({row["case"] for row in rows}))}
-    ordered = sorted(enumerate(rows), key=lambda item: (order[item[1]["case"]], item[0]))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
-    for _, row in ordered:
+    for row in sorted(rows, key=lambda row: row["case"]):  # a stable sort: structures stay in prompt order
         writer.writerow([_cell(row.get(column)) for column in COLUMNS])
     write_text_atomic(path, buffer.getvalue())
     return Path(path)
@@ -103,10 +101,13 @@ def collect(out_dir: Path) -> tuple[Path, int, int]:
             done.add(folder.name)
     failed: dict[str, list[dict]] = {}
     for part in sorted(out_dir.glob(PART_GLOB)) + ([out_dir / TABLE] if (out_dir / TABLE).is_file() else []):
+        listed: dict[str, list[dict]] = {}
         with open(part, newline="", encoding="utf-8") as fobj:
             for row in csv.DictReader(fobj):
                 if row.get("status") == "failed" and row.get("case") not in done:
-                    failed.setdefault(row["case"], []).append({k: row.get(k) or None for k in COLUMNS})
+                    listed.setdefault(row["case"], []).append({k: row.get(k) or None for k in COLUMNS})
+        for case, case_rows in listed.items():
+            failed.setdefault(case, case_rows)  # one table's rows per case (an earlier cohort.csv repeats them)
     for case_rows in failed.values():
         rows += case_rows
     return write_table(out_dir / TABLE, rows), len(done), len(failed)
