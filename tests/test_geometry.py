@@ -324,18 +324,18 @@ def test_big_ct_preprocesses_in_seconds():
 
 
 def test_the_predictors_gpu_way_back_gives_the_cpu_masks_and_maps(reference_files):
-    """Predictor._back_on_gpu (run here on a CPU tensor: the same torch code) against the numpy way."""
+    """input_grid.back_on_gpu (run here on a CPU tensor: the same torch code) against the numpy way."""
     import torch
 
-    from satseg.inference.predictor import Predictor
+    from satseg.inference.input_grid import back_on_gpu
 
     _, record = to_model_grid(read_volume(reference_files / "example_ct_sm.nii.gz"))
     prob = np.random.default_rng(5).random(record.shape, dtype=np.float32)
-    mask, on_input = Predictor._back_on_gpu(record, torch.from_numpy(prob), 0.5, True)
+    mask, on_input = back_on_gpu(record, torch.from_numpy(prob), 0.5, True)
     expected = record.to_input_grid(prob)
     assert np.array_equal(on_input, expected)
     assert np.array_equal(mask, (expected > 0.5).astype(np.uint8)) and mask.dtype == np.uint8
-    mask_only, none = Predictor._back_on_gpu(record, torch.from_numpy(prob), 0.5, False)
+    mask_only, none = back_on_gpu(record, torch.from_numpy(prob), 0.5, False)
     assert none is None and np.array_equal(mask_only, mask)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from satseg.inference.input_grid import back_on_cpu, back_on_gpu, prompts_on_input_grid
+from satseg.inference.input_grid import prompts_on_input_grid
 from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
 from satseg.inference.runtime import autocast_dtype, cast_conv_weights, pick_device, prepare_layout, restore_weights
 from satseg.inference.sliding_window import WindowStats, sliding_window
@@ -335,9 +335,6 @@ class Predictor:
                 torch.cuda.empty_cache()
                 log.warning("GPU out of memory resampling the scan: doing it on the CPU")
         return to_model_grid(volume, orientation=orientation, spacing_mm=spacing)
-
-    _back_on_gpu = staticmethod(back_on_gpu)  # the way back to the scan's grid: satseg.inference.input_grid
-    _back_on_cpu = staticmethod(back_on_cpu)
 
     # -- the whole job -------------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
     except Exception as exc:  # noqa: BLE001 - dicom2nifti raises many types; SimpleITK gets a try next
         errors.append(f"dicom2nifti: {_one_line(exc)}")
         log.info("dicom2nifti could not convert series %s (%s); trying SimpleITK", uid, exc)
+    del datasets  # SimpleITK reads the files itself: the series is not held in memory twice
     if vol is None:
         if multiframe:  # GDCM's reader would not apply the functional groups' rescale: no second opinion
             raise InputError(f"{where}: cannot convert DICOM series {uid} ({errors[0]})")

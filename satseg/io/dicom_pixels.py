@@ -15,9 +15,8 @@ from satseg.errors import InputError
 from satseg.io._common import _one_line
 from satseg.io.dicom_geometry import _count, _pixel_format, _size, _Slice
 from satseg.io.itk import itk_to_volume
+from satseg.io.nifti_write import SCANNER  # the qform and sform code dcm2niix writes for DICOM
 from satseg.io.volume import Volume
-
-SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: the qform and sform code dcm2niix writes for DICOM
 
 
 def _load_datasets(slices: list[_Slice], where: str) -> list:
