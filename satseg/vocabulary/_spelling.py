@@ -64,15 +64,19 @@ class Speller:
         self.known = frozenset(known)  # never corrected
         self.never_corrected = never_corrected  # real words that are no term: left for the caller to refuse
         self.index: dict[str, list[str]] = {}  # words a misspelling may be corrected to
-        for word in sorted(w for w in targets if w.isalpha() and len(w) >= MIN_LENGTH - 1):
+        indexed = sorted(w for w in targets if w.isalpha() and len(w) >= MIN_LENGTH - 1)
+        for word in indexed:
             for deleted in _deletions(word, 2):
                 self.index.setdefault(deleted, []).append(word)
+        self.longest = max(map(len, indexed), default=0)
 
     def candidates(self, word: str) -> list[str]:
         """Known words within the allowed distance of an unknown ``word`` (empty for short or known words)."""
         if word in self.known or word in self.never_corrected or not word.isalpha() or len(word) < MIN_LENGTH:
             return []
         limit = max_distance(word)
+        if len(word) > self.longest + limit:  # no known word is that close (and its deletions grow as len³)
+            return []
         seen = {c for d in _deletions(word, limit) for c in self.index.get(d, ())}
         close = {c: distance(word, c) for c in sorted(seen)}
         close = {c: d for c, d in close.items() if d <= limit}

@@ -146,7 +146,7 @@ def counts(text: str) -> bool:
     typed = [w for w in _NON_ALNUM.sub(" ", light(text)).split() if w not in ("the", "all", *LATERALITY)]
     if len(typed) < 2 or not typed[0].isdigit():
         return False
-    return typed[1].isalpha() and singular(_SPELLING.get(typed[1], typed[1])) != typed[1]
+    return typed[1].isalpha() and canonical(typed[1]) != typed[1]
 
 
 def phrase_key(text: str) -> str:

@@ -236,7 +236,7 @@ def _in_region(parts: list, run: list[str], resolver, reading: _Reading, prompt:
 def _candidates(speller: Speller, word: _context.Word) -> list[str]:
     """Known words close to an unknown word, as typed or else in singular; an adjective and its organ noun
     ("duodenal", "duodenum") count once, as the noun."""
-    candidates = speller.candidates(word.text) or speller.candidates(word.canon)
+    candidates = speller.candidates(word.text) or (speller.candidates(word.canon) if word.canon != word.text else [])
     adjectives = load().adjectives
     nouns = {c: adjectives.get(c, c) for c in candidates}
     return [c for c in candidates if nouns[c] == c or nouns[c] not in candidates]
@@ -275,8 +275,9 @@ def _modality_check(terms: tuple[str, ...], modality: str | None, vocabulary: Vo
     untrained = [t for t in terms if modality is not None and modality not in vocabulary.modalities_of(t)]
     if not untrained:
         return []
-    said = "; ".join(f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, "
-                     f"not on {modality.upper()}" for t in untrained)
+    per_term = [f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, not on "
+                f"{modality.upper()}" for t in untrained]
+    said = "; ".join(per_term)
     if not allow:
         words = {w for t in untrained for w in t.split() if w not in LATERALITY and not w.isdigit()}
         options = tuple(n for n in suggest(untrained[0], k=40, modality=modality)  # same structure words only
@@ -285,8 +286,7 @@ def _modality_check(terms: tuple[str, ...], modality: str | None, vocabulary: Vo
         raise PromptResolutionError(
             f"{said}: its mask would be unreliable, so it is refused (pass --allow-untrained-modality to run it "
             f"anyway){nearby}", prompt=prompt, suggestions=options, untrained_modality=True, steps=tuple(steps))
-    return [f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, not on "
-            f"{modality.upper()}; expect unreliable masks (run with --allow-untrained-modality)" for t in untrained]
+    return [f"{s}; expect unreliable masks (run with --allow-untrained-modality)" for s in per_term]
 
 
 def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False,
