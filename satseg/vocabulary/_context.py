@@ -1,7 +1,7 @@
 """The words around a structure name that are not the structure: imaging, task, region context and filler.
 
 A prompt such as "Pancreas in contrast-enhanced abdominal CT" is read as words, each labelled from a small
-lexicon (multi-word entries first, longest first):
+lexicon (:mod:`satseg.vocabulary._lexicon`; multi-word entries first, longest first):
 
 - ``modality``: imaging modality and sequence words (``ct``, ``t2-weighted``, ``flair``, ``contrast-enhanced``,
   ``pet/ct``); those that name a modality are kept so that a contradiction with ``--modality`` can be refused;
@@ -25,125 +25,22 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from satseg.vocabulary._text import canonical, light, sides_out_of_parens
-
-MODALITY, IMAGING, TASK, FILLER, PREPOSITION, REGION, SEPARATOR, CONTENT = (
-    "modality", "imaging", "task", "filler", "preposition", "region", "separator", "content")
-SET_ASIDE = frozenset({MODALITY, IMAGING, TASK, FILLER})
-
-# phrase (canonical words) → modality it names ("" for sequence/contrast words that name none).
-_MODALITY_PHRASES = {
-    "ct": "ct", "cta": "ct", "cect": "ct", "ncct": "ct", "hrct": "ct", "cbct": "ct", "ctpa": "ct", "mdct": "ct",
-    "computed tomography": "ct", "computerized tomography": "ct", "computerised tomography": "ct", "cat": "ct",
-    "mri": "mri", "mr": "mri", "mra": "mri", "cmr": "mri", "magnetic resonance": "mri", "t1w": "mri",
-    "t2w": "mri", "t1c": "mri", "t1ce": "mri", "t1gd": "mri", "t1wi": "mri", "t2wi": "mri", "flair": "mri",
-    "dwi": "mri", "adc": "mri", "swi": "mri", "dixon": "mri", "stir": "mri", "mprage": "mri", "cine": "mri",
-    "lge": "mri", "late gadolinium enhancement": "mri", "gadolinium": "mri", "gd": "mri", "bssfp": "mri",
-    "ssfp": "mri", "diffusion weighted": "mri", "diffusion": "mri", "proton density": "mri", "t2 star": "mri",
-    "pet": "pet", "petct": "pet+ct", "petmr": "pet+mri", "fdg": "pet", "psma": "pet", "suv": "pet",
-    "positron emission tomography": "pet", "dotatate": "pet",
-    "contrast": "", "post": "", "pre": "", "contrast enhanced": "", "enhanced": "", "non contrast": "",
-    "noncontrast": "",
-    "unenhanced": "", "nonenhanced": "", "non enhanced": "", "post contrast": "", "pre contrast": "",
-    "postcontrast": "", "precontrast": "", "iv contrast": "", "intravenous contrast": "", "ce": "",
-    "arterial phase": "", "venous phase": "", "portal venous phase": "", "portal phase": "", "delayed phase": "",
-    "nephrographic phase": "", "portal venous": "", "hepatobiliary phase": "", "phase": "", "native": "",
-    "low dose": "", "dual energy": "", "multiphase": "",
-    "weighted": "", "fat suppressed": "", "fat saturated": "", "fat sat": "", "avid": "",
-    "angiography": "", "angiogram": "", "venography": "", "urography": "", "enterography": "", "colonography": "",
-    "perfusion": "", "dti": "mri", "tractography": "mri", "mpmri": "mri", "bpmri": "mri", "multiparametric": "",
-    "biparametric": "", "dess": "mri", "vibe": "mri", "haste": "mri", "trufi": "mri", "fiesta": "mri",
-    "bravo": "mri", "spgr": "mri", "gre": "mri", "tse": "mri", "fse": "mri", "mdixon": "mri", "lava": "mri",
-    "thrive": "mri", "dce": "mri", "pdfs": "mri", "mrcp": "mri", "mrv": "mri", "mrangiography": "mri",
-    "ctangiography": "ct", "urogram": "",
-    "t1 weighted": "mri", "t2 weighted": "mri",
-}
-# "t1"/"t2" are also vertebrae: a sequence only next to one of these words.
-_SEQUENCE_NEIGHBOURS = frozenset({"weighted", "w", "mri", "mr", "sequence", "image", "imaging", "scan", "contrast",
-                                  "post", "pre", "fs", "fat", "map", "signal", "hyperintense", "hypointense"})
-_SEQUENCE_BEFORE = frozenset({"on", "in", "using", "from", "with"})
-_IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", "view", "acquisition", "exam",
-            "examination", "dataset", "data", "modality", "cross sectional", "axial", "coronal",
-            "sagittal", "3d", "3 d", "three dimensional", "volumetric", "tomogram", "film", "picture", "protocol",
-            "tomography", "tomographic", "scanner", "reconstruction", "window", "short axis", "long axis",
-            "four chamber", "4 chamber", "two chamber", "2 chamber", "three chamber", "3 chamber", "plane",
-            "thin slice", "thick slice", "kernel", "level", "setting", "fieldstrength", "inspiration", "expiration",
-            "inspiratory", "expiratory", "breath hold", "volumetry", "volumetric analysis")
-_TASK = (
-    "segment", "segmentation", "segmented", "segmenting", "delineate", "delineation", "delineated", "delineating",
-    "contour", "contouring", "contoured", "outline", "outlining", "outlined", "boundary", "border", "margin",
-    "mask", "label", "labeling", "labelling", "labeled", "labelled", "annotation", "annotate", "annotated",
-    "target", "segmentation target", "roi", "voi", "region of interest", "volume of interest",
-    "structure of interest", "organ at risk", "oar", "based", "guided", "planning", "radiotherapy",
-    "extract", "extraction", "identify", "identification", "identified",
-    "locate", "localize", "localise", "localization", "localisation", "localized", "detect", "detection",
-    "detected", "find", "show", "showing", "shown", "highlight", "highlighting", "mark", "visualize",
-    "visualise", "visualization", "visualisation", "visualized", "visualised", "depict", "depicted", "depicting",
-    "seen", "visible", "demonstrated", "captured", "imaged", "appearing", "observed", "as seen", "as shown",
-    "as visualized", "as depicted", "please", "i want", "i need", "i would like", "give me", "get", "generate",
-    "create", "produce", "draw", "auto", "automatic", "automated", "autosegment", "auto segment", "want", "need",
-    "obtain", "compute", "quantify", "can you", "could you", "would you", "for me", "task", "prompt", "class",
-    "structure", "anatomy", "anatomical", "anatomic", "located", "situated", "lying", "delimit", "predict",
-    "prediction", "map", "mapping", "evaluate", "evaluation", "assess", "assessment", "of interest",
-    "trauma", "staging", "restaging", "follow up", "followup", "screening", "baseline", "preoperative",
-    "postoperative", "emergency", "routine", "surveillance", "workup", "work up", "where", "what", "how",
-    "diagnostic", "clinical", "research", "provide", "return", "output", "perform", "run", "do", "make", "needed",
-    "required", "request", "requested", "presence", "reveal", "revealing", "revealed", "characterize",
-    "characterized", "characterization", "characterise", "characterised", "mapped", "documented", "document",
-    "morphology", "morphological", "architecture", "structural", "analysis", "analyze", "analyse", "visualizing",
-    "visualising", "demonstrating", "demonstrate", "displaying", "display", "displayed", "highlighted", "evidence",
-    "radiologic", "radiological", "radiographic", "assessed", "quantified", "quantification", "outlines", "depicts",
-    "shows", "features", "extent", "tissue", "parenchyma", "parenchymal", "measured", "measurement", "detailed",
-    "appearance", "image based", "based", "examined",
+from satseg.vocabulary._lexicon import (
+    CONTENT,
+    FILLER,
+    IMAGING,
+    LEXICON,
+    LONGEST,
+    LONGEST_NAME,
+    MODALITY,
+    PREPOSITION,
+    REGION,
+    SEPARATOR,
+    SEQUENCE_BEFORE,
+    SEQUENCE_NEIGHBOURS,
+    SET_ASIDE,
 )
-_FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
-           "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",
-           "full", "only", "just", "here", "there", "is", "are", "be", "which", "normal", "overall", "each",
-           "every", "respective", "corresponding", "given", "me", "us", "we", "you", "i", "lesionsize")
-_PREPOSITIONS = ("in", "on", "of", "from", "within", "at", "using", "with", "for", "by", "via", "into", "across",
-                 "inside", "throughout", "over", "as", "to", "through")
-_REGIONS = ("abdomen", "abdominal", "abdominopelvic", "chest", "thorax", "thoracic", "pelvis", "pelvic", "head",
-            "neck", "head and neck", "brain", "cranial", "intracranial", "whole body", "body", "torso", "limb",
-            "extremity", "lower limb", "upper limb", "leg", "arm", "cardiac", "spine", "spinal", "lumbar",
-            "cervical", "mediastinum", "mediastinal", "retroperitoneum", "retroperitoneal", "upper abdomen",
-            "lower abdomen", "region", "area", "cavity", "compartment", "thoracic cavity", "abdominal cavity",
-            "pelvic cavity", "neuro", "musculoskeletal", "msk", "cardiothoracic", "thoracoabdominal", "shoulder",
-            "knee", "elbow", "wrist", "ankle", "foot", "hand", "face", "thigh", "forearm", "upper arm", "calf",
-            "orbit", "orbital", "skull base", "sinonasal", "hepatobiliary")
-
-# Region word → SAT body regions it names (words absent here, "region", "area", "body", narrow nothing).
-_AB, _TH, _PE, _HN, _BR, _SP, _LL, _UL = ("abdomen", "thorax", "pelvis", "head and neck", "brain", "spine",
-                                          "lower limb", "upper limb")
-REGION_OF = {
-    "abdomen": {_AB}, "abdominal": {_AB}, "retroperitoneum": {_AB}, "retroperitoneal": {_AB},
-    "hepatobiliary": {_AB}, "abdominopelvic": {_AB, _PE}, "thoracoabdominal": {_TH, _AB},
-    "chest": {_TH}, "thorax": {_TH}, "thoracic": {_TH, _SP}, "mediastinum": {_TH}, "mediastinal": {_TH},
-    "cardiac": {_TH}, "cardiothoracic": {_TH}, "pelvis": {_PE}, "pelvic": {_PE},
-    "head": {_HN, _BR}, "neck": {_HN}, "face": {_HN}, "orbit": {_HN}, "orbital": {_HN}, "sinonasal": {_HN},
-    "skull": {_HN}, "brain": {_BR}, "cranial": {_BR}, "intracranial": {_BR}, "neuro": {_BR},
-    "spine": {_SP}, "spinal": {_SP}, "lumbar": {_SP}, "cervical": {_SP, _HN},
-    "leg": {_LL}, "thigh": {_LL}, "knee": {_LL}, "calf": {_LL}, "foot": {_LL}, "ankle": {_LL},
-    "arm": {_UL}, "hand": {_UL}, "forearm": {_UL}, "wrist": {_UL}, "elbow": {_UL}, "shoulder": {_UL},
-    "limb": {_LL, _UL}, "extremity": {_LL, _UL},
-}
-# Neighbouring regions a structure may be named in without contradiction ("sacrum in the pelvis", "iliac artery
-# in the pelvis", "scapula of the chest").
-REGION_NEIGHBOURS = {_AB: {_PE, _SP}, _PE: {_AB, _SP, _LL}, _TH: {_SP, _UL}, _HN: {_BR, _SP},
-                     _BR: {_HN}, _SP: set(), _LL: {_PE}, _UL: {_TH}}
-# Region word → the adjective regional terms are named with ("esophagus in the neck" → "cervical esophagus").
-REGION_ADJECTIVE = {"neck": "cervical", "abdomen": "abdominal", "chest": "thoracic", "thorax": "thoracic",
-                    "pelvis": "pelvic", "head": "head and neck", "brain": "cerebral", "spine": "spinal"}
-
-_LEXICON: dict[tuple[str, ...], tuple[str, str | None]] = {}
-for _phrase, _named in _MODALITY_PHRASES.items():
-    _LEXICON[tuple(_phrase.split())] = (MODALITY, _named)
-for _label, _phrases in ((IMAGING, _IMAGING), (TASK, _TASK), (FILLER, _FILLER), (PREPOSITION, _PREPOSITIONS),
-                         (REGION, _REGIONS)):
-    for _phrase in _phrases:
-        _LEXICON.setdefault(tuple(canonical(w) for w in _phrase.split()), (_label, None))
-_LONGEST = max(len(k) for k in _LEXICON)
-_LONGEST_NAME = 6
-WORDS = frozenset(w for k in _LEXICON for w in k) | {"t1", "t2"}
+from satseg.vocabulary._text import canonical, light, sides_out_of_parens
 
 _BOUNDARY_WORDS = frozenset({"and", "or", "plus"})
 _LEVEL = re.compile(r"^[ctls]\d{1,2}$")
@@ -181,12 +78,12 @@ def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False
     region phrase ("thoracic cavity"), then the lexicon (longest phrase first)."""
     protected = [False] * len(words)
     for i in range(len(words)):
-        for n in range(min(_LONGEST_NAME, len(words) - i), 1, -1):
+        for n in range(min(LONGEST_NAME, len(words) - i), 1, -1):
             span = words[i:i + n]
             if any(w.text in ",;+&/:()" for w in span) or _is_glue(span[0]) or _is_glue(span[-1]):
                 continue
-            region = _LEXICON.get(tuple(w.canon for w in span), (None,))[0] == REGION or all(
-                _LEXICON.get((w.canon,), (None,))[0] in (REGION, FILLER) for w in span)
+            region = LEXICON.get(tuple(w.canon for w in span), (None,))[0] == REGION or all(
+                LEXICON.get((w.canon,), (None,))[0] in (REGION, FILLER) for w in span)
             if not region and names(" ".join(w.text for w in span)):
                 protected[i:i + n] = [True] * n
                 break
@@ -200,10 +97,10 @@ def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False
             words[i].label, words[i].names = CONTENT, None
             i += 1
             continue
-        for n in range(min(_LONGEST, len(words) - i), 0, -1):
+        for n in range(min(LONGEST, len(words) - i), 0, -1):
             if any(protected[i:i + n]):
                 continue
-            found = _LEXICON.get(tuple(w.canon for w in words[i:i + n]))
+            found = LEXICON.get(tuple(w.canon for w in words[i:i + n]))
             if found is not None:
                 for w in words[i:i + n]:
                     w.label, w.names = found
@@ -230,8 +127,8 @@ def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False
         if w.canon in ("t1", "t2") and w.label == CONTENT:
             after = words[i + 1].canon if i + 1 < len(words) else ""
             before = words[i - 1].canon if i > 0 else ""
-            before_sequence = before in _SEQUENCE_BEFORE or (i > 0 and words[i - 1].label in (MODALITY, IMAGING))
-            after_sequence = after in _SEQUENCE_NEIGHBOURS or (
+            before_sequence = before in SEQUENCE_BEFORE or (i > 0 and words[i - 1].label in (MODALITY, IMAGING))
+            after_sequence = after in SEQUENCE_NEIGHBOURS or (
                 i + 1 < len(words) and words[i + 1].label in (MODALITY, IMAGING))
             k = i - 1  # "Brain MRI, T1: left thalamus": the nearest word before is an MRI word
             while k >= 0 and words[k].label == SEPARATOR:
@@ -243,7 +140,7 @@ def label(words: list[Word], names: Callable[[str], bool] = lambda phrase: False
 
 def _is_glue(word: Word) -> bool:
     """An article or preposition: a trained name neither starts nor ends with one."""
-    return _LEXICON.get((word.canon,), (None,))[0] in (FILLER, PREPOSITION)
+    return LEXICON.get((word.canon,), (None,))[0] in (FILLER, PREPOSITION)
 
 
 def _is_boundary(word: Word) -> bool:

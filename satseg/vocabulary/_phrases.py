@@ -14,19 +14,15 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from satseg.vocabulary import _context, _findings
-from satseg.vocabulary._text import (
-    HARD_SEPARATOR,
-    LATERALITY,
-    counts,
-    light,
-    phrase_key,
-    sides_out_of_parens,
-    tokens,
-)
+from satseg.vocabulary._findings import FindingReader
+from satseg.vocabulary._lists import ListReader
+from satseg.vocabulary._match import Ambiguous, Match, Refusal, resolved
+from satseg.vocabulary._text import LATERALITY, counts, light, phrase_key, tokens
 from satseg.vocabulary.catalog import MODALITIES, Vocabulary, load
 
-MAX_PARTS = 40
+__all__ = ["ADDABLE_SUFFIX", "DROPPABLE_SUFFIX", "Ambiguous", "Match", "Refusal", "Resolver", "resolved",
+           "resolver_for"]
+
 _CACHE_LIMIT = 50_000
 _RANGE_SEP = r"\s*(?:-|to|through|thru|until|\.\.)\s*"
 _VERTEBRA_RANGE = re.compile(
@@ -41,13 +37,9 @@ _RIB_RANGE = re.compile(
 _BOTH_BEFORE = re.compile(r"^(?:left and right|right and left|left right|right left|both|bilateral) (.+)$")
 _BOTH_AFTER = re.compile(r"^(.+?) (?:left and right|right and left|left right|right left|both|on both|bilateral|"
                          r"on both sides)$")
-_SEPARATOR = re.compile(r"(?:\s*(?:,|;|\+|&|\band\b|\bor\b|\bplus\b|\bas well as\b|(?<=[a-z]{3})\s*/(?=\s*[a-z]{3})|"
-                        r"(?<=\S)\s+/\s+(?=\S))\s*)+")
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
 ADDABLE_SUFFIX = ("gland", "bone", "artery")
-_SHARED_HEAD = re.compile(r"^([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+) (.+)$")
-_SHARED_MODIFIER = re.compile(r"^(.+) ([a-z]+)\s*(?:,|/|\band\b|\bor\b|&|\+)\s*([a-z]+)$")
 _SIDED_SUFFIX = ("hemisphere",)  # "left cerebellar hemisphere" is the left cerebellum; both hemispheres are not
 _POSITIONAL = ("inferior", "superior", "anterior", "posterior", "medial", "lateral", "upper", "lower", "middle")
 # Dropping a category word keeps the category: what is left must name a structure of that kind ("hip muscles" is
@@ -61,30 +53,8 @@ KINDS = {
 }
 
 
-@dataclass(frozen=True)
-class Match:
-    terms: tuple[str, ...]
-    method: str
-    how: str
-    lossy: bool = False  # a word was dropped on the way ("gland", "bone", "region"): never across a separator
-
-
-@dataclass(frozen=True)
-class Ambiguous:
-    phrase: str
-    options: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A phrase understood well enough to say why it cannot be resolved (a finding without a lesion term)."""
-
-    message: str
-    suggestions: tuple[str, ...]
-
-
 @dataclass
-class Resolver:
+class Resolver(ListReader, FindingReader):
     vocabulary: Vocabulary
     modality: str | None = None
     cache: dict = field(default_factory=dict)
@@ -255,249 +225,6 @@ class Resolver:
                 return Match(whole.terms, whole.method, f"no sided terms for {base!r}; {whole.how}")
             return whole
         return None
-
-    def _carry_side(self, parts: list) -> list:
-        """A side named on a list item carries to the unsided items after it ("left kidney and adrenal" = left
-        kidney + left adrenal gland); an item whose structure has sided terms but not under that name is ambiguous
-        (refused), one with no sided terms ("left kidney and liver") stays whole. "both"/"bilateral" ends it."""
-        out, side = [], None
-        for segment, found in parts:
-            words = phrase_key(segment).split()
-            named = next((w for w in words if w in LATERALITY), None)
-            if named or {"both", "bilateral"} & set(tokens(segment)) or not isinstance(found, Match):
-                side = named
-                out.append((segment, found))
-                continue
-            if side is None:
-                out.append((segment, found))
-                continue
-            sided = self.phrase(f"{side} {segment}")
-            if isinstance(sided, Match) and sided.terms != found.terms:
-                out.append((segment, Match(sided.terms, sided.method,
-                                           f"side {side!r} carried from the list, as {side + ' ' + segment!r}; "
-                                           f"{sided.how}")))
-                continue
-            options = [t for t in found.terms for s in LATERALITY
-                       for m in [self.phrase(f"{s} {t}")] if isinstance(m, Match) and m.terms != (t,)]
-            if options or isinstance(sided, (Ambiguous, Refusal)):
-                options = [t for t in found.terms for s in LATERALITY
-                           for m in [self.phrase(f"{s} {t}")] if isinstance(m, Match) for t in m.terms]
-                options = tuple(dict.fromkeys(options + list(found.terms)))
-                out.append((segment, Refusal(
-                    f"{segment!r} follows {side!r} in a list, but no {side} term is trained under that name; "
-                    f"write the side of each item (one of: {', '.join(options)})", options)))
-                continue
-            out.append((segment, found))
-        return out
-
-    def _shared_head(self, text: str) -> list | None:
-        """"grey and white matter" = grey matter + white matter, when the first word alone is no structure;
-        "kidney tumor and cyst" = kidney tumor + kidney cyst, when the last word alone is none."""
-        plain = " ".join(light(text).split())
-        m = _SHARED_HEAD.match(plain)
-        if m and not {m.group(1), m.group(2)} & {*LATERALITY, "both"} and not isinstance(
-                self.phrase(m.group(1)), (Match, Ambiguous)):
-            first, second = f"{m.group(1)} {m.group(3)}", f"{m.group(2)} {m.group(3)}"
-        else:
-            m = _SHARED_MODIFIER.match(plain)
-            nouns = self.head_nouns() | set(_findings.LESION_TYPES)  # "tumor and cyst", not "muscle, left"
-            if not m or isinstance(self.phrase(m.group(3)), (Match, Ambiguous)) or not {
-                    tokens(m.group(2))[0], tokens(m.group(3))[0]} <= nouns:
-                return None
-            first, second = f"{m.group(1)} {m.group(2)}", f"{m.group(1)} {m.group(3)}"
-        parts = [(first, self.phrase(first)), (second, self.phrase(second))]
-        return parts if resolved(parts) else None
-
-    # -- findings -----------------------------------------------------------------------------------------------
-    def lesions(self) -> dict[str, list[tuple[str, str]]]:
-        """Organ (term name, or the name's key where no term) → [(lesion term, type)], from the term names."""
-        if self._lesions is None:
-            v = self.vocabulary
-            index: dict[str, list[tuple[str, str]]] = {}
-            for name, entry in v.terms.items():
-                words = phrase_key(name).split()
-                if len(words) < 2 or words[-1] not in _findings.LESION_TYPES:
-                    continue
-                unsided = v.term_by_key.get(" ".join(words[1:]))
-                if not (entry.abnormal or words[0] in LATERALITY and unsided and v.terms[unsided].abnormal):
-                    continue
-                organ_key = " ".join(words[:-1])
-                organ = self.key(organ_key, depth=1)
-                owner = organ.terms[0] if isinstance(organ, Match) and len(organ.terms) == 1 else organ_key
-                index.setdefault(owner, []).append((name, _findings.LESION_TYPES[words[-1]]))
-            self._lesions = index
-        return self._lesions
-
-    def _finding(self, text: str, key: str) -> Match | Refusal | None:
-        words = tokens(text)
-        found = [w for w in words if w in _findings.FINDING_WORDS]
-        if not found:
-            return None
-        rest = [w for w in words if w not in _findings.FINDING_WORDS and w not in _findings.MODIFIERS
-                and w not in ("both", "bilateral")]  # "nodules in both lungs": the organ's lesion terms
-        while rest and rest[0] in _findings.LINKS:
-            rest.pop(0)
-        while rest and rest[-1] in _findings.LINKS:
-            rest.pop()
-        on_modality = f" on {self.modality.upper()}" if self.modality else ""
-        typed = {_findings.FINDING_WORDS[w] for w in found} - {"any"}
-        if _findings.METASTASIS_WORDS & set(found) and (
-                "from" in words or {w for w in found if w not in _findings.METASTASIS_WORDS and
-                                    _findings.FINDING_WORDS[w] == "tumor"}):
-            return Refusal(f"{text!r} names metastases with their primary tumour: metastases lie elsewhere and no "
-                           f"term segments them by their primary; name the organ they are in ('liver metastases')",
-                           self._lesion_terms()[:5])
-        if len(typed) > 1:
-            return Refusal(f"{text!r} names two kinds of finding ({', '.join(sorted(typed))}); write each as its "
-                           f"own prompt", self._lesion_terms()[:5])
-        for named in [rest] if rest else [[w] for w in found]:  # "stroke lesion", "COVID-19 lesions", "tumour
-            lesion = self._lesion_term(named)                     # lesions": a lesion term with a finding word
-            if lesion is not None:
-                kinds = {_findings.term_type(t, phrase_key(t).split()) for t in lesion.terms}
-                if typed and kinds != typed:  # "hemorrhagic stroke", "covid nodules": the word contradicts it
-                    return Refusal(f"{text!r}: {' '.join(found)!r} does not fit {', '.join(lesion.terms)!r}; "
-                                   f"write the lesion term alone", tuple(lesion.terms))
-                return Match(lesion.terms, lesion.method, f"{' '.join(found)!r} on a lesion term: {lesion.how}")
-        if not rest:
-            options = self._lesion_terms()
-            return Refusal(f"{text!r} names a finding but no organ; lesion terms trained{on_modality}: "
-                            f"{', '.join(options)}", options[:5])
-        organ, owner = self._organ(rest)
-        if owner is None:
-            return None
-        types, rule = _findings.wanted_types(found)
-        lesions = self.lesions().get(owner, [])
-        side, _, unsided = owner.partition(" ")
-        if not lesions and side in LATERALITY and unsided in self.lesions():
-            options = tuple(t for t, _ in self.lesions()[unsided])
-            return Refusal(f"{text!r}: the lesion terms of the {unsided} are not sided; choose among "
-                           f"{', '.join(options)}", options)
-        if not lesions:
-            return Refusal(f"no lesion term is trained for {owner!r} (asked for by {text!r})",
-                            tuple(dict.fromkeys([*self._lesion_terms(), owner]))[:5])
-        if side in LATERALITY and unsided in self.lesions():
-            missing = {k for _, k in self.lesions()[unsided]} - {k for _, k in lesions}
-            if missing & types:
-                options = tuple(t for t, _ in lesions + self.lesions()[unsided])
-                return Refusal(f"{text!r}: the {'/'.join(sorted(missing & types))} lesion terms of the {unsided} "
-                                f"are not sided; choose among {', '.join(options)}", options)
-        chosen = [t for t, k in lesions if k in types]
-        general = not typed
-        if general and owner not in self.vocabulary.terms:  # "intracranial lesion": a name part, not an organ
-            options = tuple(t for t, _ in lesions)
-            return Refusal(f"{text!r}: {' '.join(rest)!r} is no organ; name the lesion term "
-                           f"({', '.join(options)})", options)
-        on = [t for t in _findings.LESIONS_INSIDE.get(owner, ()) if t in self.vocabulary.terms] + [
-            t for t, k in lesions if k == "edema"]  # oedema: a lesion or not is the clinician's call
-        inside = [t for t in on if self.modality is None or self.modality in self.vocabulary.modalities_of(t)]
-        if general and inside:
-            trained = [t for t in chosen if self.modality is None or self.modality in self.vocabulary.modalities_of(t)]
-            options = tuple(dict.fromkeys(trained + inside))
-            return Refusal(f"{text!r} could be any of the {owner}'s lesion terms{on_modality}: "
-                           f"{', '.join(options)}; name the ones you mean", options)
-        if not chosen:
-            options = tuple(t for t, _ in lesions)
-            return Refusal(f"no {'/'.join(sorted(types))} lesion term is trained for {owner!r}; its lesion terms: "
-                            f"{', '.join(options)}", options)
-        trained = [t for t in chosen if self.modality in self.vocabulary.modalities_of(t)]
-        chosen = trained or chosen
-        how = f"finding {' '.join(found)!r} on {owner!r}{organ}; rule: {rule} for the {owner}{on_modality}"
-        return Match(tuple(chosen), "finding", how)
-
-    def _lesion_term(self, words: list[str]) -> Match | None:
-        """A lesion term named by the words ("ischemic stroke", "covid 19", "tumor"), else None."""
-        found = self.phrase(" ".join(words))
-        if isinstance(found, Match) and all(self.vocabulary.terms[t].abnormal for t in found.terms):
-            return found
-        return None
-
-    def _organ(self, words: list[str]) -> tuple[str, str | None]:
-        text = " ".join(words)
-        found = self.phrase(text)
-        if isinstance(found, Match) and len(found.terms) == 1:
-            how = "" if found.terms[0] == text else f" ({found.how})"
-            return how, found.terms[0]
-        key = phrase_key(text)
-        if key in self.lesions():
-            return "", key
-        substituted = " ".join(self.vocabulary.adjectives.get(w, w) for w in key.split())
-        if substituted in self.lesions():
-            return f" (word form {key!r} → {substituted!r})", substituted
-        return "", None
-
-    def _lesion_terms(self) -> tuple[str, ...]:
-        names = [t for items in self.lesions().values() for t, _ in items]
-        names += [n for n, e in self.vocabulary.terms.items() if e.abnormal and n in _findings.FINDING_WORDS]
-        on = [t for t in names if self.modality in self.vocabulary.modalities_of(t)]
-        return tuple(sorted(on or names))
-
-    # -- a whole prompt -----------------------------------------------------------------------------------------
-    def prompt(self, text: str) -> list[tuple[str, Match | Ambiguous | Refusal | None]]:
-        """The fewest phrases that all resolve, as (phrase, result); one unresolved phrase when none do. " - ",
-        ":" and "( )" separate phrases as "," does (a side in parentheses stays: "kidney (left)")."""
-        text = sides_out_of_parens(text)
-        pieces = [p.strip() for p in HARD_SEPARATOR.split(text) if p.strip()]
-        if len(pieces) < 2:
-            return self._prompt(" ".join(pieces) or text)
-        whole = self.phrase(text)  # a name with its own parentheses: "cervical vertebrae 1 (c1)"
-        if isinstance(whole, Match) and any(HARD_SEPARATOR.search(t) for t in whole.terms):
-            return [(text, whole)]
-        head = text.split(":", 1)[0] if ":" in text else ""
-        if head.strip() and all(w.label != _context.CONTENT for w in _context.words_of(head)):
-            return [(text, None)]  # "Brain: hippocampus": a heading, read as context
-        out = []
-        for piece in pieces:
-            parts = self._prompt(piece)
-            if not resolved(parts):
-                return parts
-            out += parts
-        return out
-
-    def _prompt(self, text: str) -> list[tuple[str, Match | Ambiguous | Refusal | None]]:
-        whole = self.phrase(text)
-        separators = list(_SEPARATOR.finditer(text))
-        listed = re.search(r"[,;]", text) is not None and not any(  # "liver, tumor" is two names, never
-            set(tokens(p)) <= {*LATERALITY, "both", "bilateral"} for p in re.split(r"[,;]", text))  # "liver tumor"
-        if isinstance(whole, Ambiguous) or isinstance(whole, Match) and not (whole.lossy and separators) and not (
-                listed and not any("," in t for t in whole.terms)):
-            return [(text, whole)]
-        spans, start = [], 0
-        for sep in separators:
-            spans.append((start, sep.start()))
-            start = sep.end()
-        spans.append((start, len(text)))
-        spans = [s for s in spans if text[s[0]:s[1]].strip()]
-        if len(spans) < 2 or len(spans) > MAX_PARTS:
-            return [(text, whole)]
-        best: list[list | None] = [[]] + [None] * len(spans)
-        for end in range(1, len(spans) + 1):
-            for begin in range(end):
-                if best[begin] is None:
-                    continue
-                segment = text[spans[begin][0]:spans[end - 1][1]].strip()
-                if end - begin > 1 and re.search(r"[,;]", segment):
-                    continue  # a comma or semicolon always separates names
-                found = self.phrase(segment)
-                if isinstance(found, Match) and found.lossy and end - begin > 1:
-                    continue  # "thyroid gland, bone" is two structures, not "thyroid gland" without "bone"
-                if isinstance(found, (Match, Ambiguous)) and (
-                        best[end] is None or len(best[begin]) + 1 < len(best[end])):
-                    best[end] = best[begin] + [(segment, found)]
-        if best[-1] is not None:
-            return self._carry_side(best[-1])
-        shared = self._shared_head(text)
-        if shared is not None:
-            return shared
-        if whole is not None and not (listed and isinstance(whole, Match)):  # "kidney, left" is one name
-            return [(text, whole)]
-        reached = max(i for i, b in enumerate(best) if b is not None)  # report the part after the longest
-        begin, stop = spans[reached]                                    # prefix that resolves
-        part = text[begin:stop].strip()
-        return [(part, self.phrase(part))]
-
-
-def resolved(parts) -> bool:
-    return all(isinstance(found, (Match, Ambiguous)) for _, found in parts)
 
 
 @lru_cache(maxsize=len(MODALITIES) + 1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from satseg.errors import PromptError
-from satseg.vocabulary import _context, _findings
+from satseg.vocabulary import _context, _findings, _lexicon
 from satseg.vocabulary._phrases import (
     ADDABLE_SUFFIX,
     DROPPABLE_SUFFIX,
@@ -82,8 +82,8 @@ class PromptResolutionError(PromptError):
 def _speller() -> Speller:
     v = load()
     targets = {w for keys in (v.term_by_key, v.aliases, v.ambiguous, v.adjectives) for key in keys for w in key.split()}
-    targets |= set(_findings.FINDING_WORDS) | {w for w in map(canonical, _context.WORDS) if len(w) >= 6}
-    known = targets | {canonical(w) for w in _context.WORDS} | set(_findings.MODIFIERS) | set(_findings.LINKS)
+    targets |= set(_findings.FINDING_WORDS) | {w for w in map(canonical, _lexicon.WORDS) if len(w) >= 6}
+    known = targets | {canonical(w) for w in _lexicon.WORDS} | set(_findings.MODIFIERS) | set(_findings.LINKS)
     known |= set(_EXTRA_KNOWN)
     return Speller(known, targets, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words})
 
@@ -184,13 +184,13 @@ def _in_region(parts: list, run: list[str], resolver, reading: _Reading, prompt:
     keeps it as context; one that spans several regions becomes its one regional term ("esophagus in the neck" →
     cervical esophagus), else is refused; one that lies elsewhere ("left ventricle in the brain") is refused."""
     vocabulary = load()
-    named = set().union(*(_context.REGION_OF.get(w, set()) for w in run))
+    named = set().union(*(_lexicon.REGION_OF.get(w, set()) for w in run))
     if not named:
         return parts
-    near = named.union(*(_context.REGION_NEIGHBOURS.get(r, set()) for r in named))
+    near = named.union(*(_lexicon.REGION_NEIGHBOURS.get(r, set()) for r in named))
     where = " ".join(run)
-    qualifiers = [w for w in run if w in _context.REGION_OF] + [
-        _context.REGION_ADJECTIVE[w] for w in run if w in _context.REGION_ADJECTIVE] + sorted(named) + [where]
+    qualifiers = [w for w in run if w in _lexicon.REGION_OF] + [
+        _lexicon.REGION_ADJECTIVE[w] for w in run if w in _lexicon.REGION_ADJECTIVE] + sorted(named) + [where]
     out = []
     for phrase, found in parts:
         if isinstance(found, Refusal) or not getattr(found, "terms", None):
