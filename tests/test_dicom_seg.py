@@ -1,0 +1,265 @@
+"""DICOM-SEG of satseg's masks (issue 17): read back with highdicom, placed by the frames' own positions, the masks
+are voxel-identical to the NIfTI masks, for the real TotalSegmentator CT and its variants (LPS-flipped columns,
+reversed slice order, oblique, enhanced multi-frame); dciodvfy finds no error; bad sources are refused in one line.
+
+Masks are the REAL labels of ``example_seg_dicom.nii.gz`` carried onto each variant's grid (as satseg reads it)
+through world coordinates (tests/dicom_variants.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+import dicom_variants as dv
+from satseg.errors import InputError
+from satseg.io import read_volume
+from satseg.io.dicom_source import check_reference_series
+from satseg.outputs.dicom_seg import SegmentSpec, write_dicom_seg
+
+# TotalSegmentator 'total' labels present in the 20 slices
+LABELS = {"liver": 5, "spleen": 1, "stomach": 6, "right_adrenal": 8}
+SEGMENTS = [
+    SegmentSpec("liver", "liver", ["liver"]),
+    SegmentSpec("absent", "liver tumor", ["liver tumor"]),  # empty here: left out, reported
+    SegmentSpec("spleen_stomach", "spleen and stomach", ["spleen", "stomach"]),
+    SegmentSpec("right_adrenal", "right adrenal gland", ["right adrenal gland"]),
+]
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (CI=true: the check is required)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def original(reference_files):
+    ct_dir = reference_files / "example_ct_dicom"
+    labels = np.asarray(nib.load(reference_files / "example_seg_dicom.nii.gz").dataobj)
+    return dv.load_classic(ct_dir), read_volume(ct_dir), labels
+
+
+@pytest.fixture(scope="module")
+def variants(original, tmp_path_factory):
+    """name → (folder, volume, masks); built once per module."""
+    classic, volume0, labels = original
+    root = tmp_path_factory.mktemp("variants")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            folder, transform = dv.make_variant(name, classic, root / name)
+            volume = read_volume(folder)
+            masks = dv.masks_on(volume, volume0.affine, labels, transform, LABELS) if transform is not None else None
+            if masks is not None:
+                masks["spleen_stomach"] = masks.pop("spleen") | masks.pop("stomach")
+                masks["absent"] = np.zeros(volume.shape, np.uint8)
+            cache[name] = (folder, volume, masks)
+        return cache[name]
+
+    return get
+
+
+def read_back(seg_file: Path, volume) -> dict[int, np.ndarray]:
+    """Segment number → mask on ``volume``'s grid, from the SEG's frames as highdicom places them (its volume's
+    LPS affine), each voxel mapped onto the scan's grid (must land on a voxel centre)."""
+    seg = hd.seg.segread(seg_file)
+    placed = seg.get_volume(combine_segments=False)
+    to_scan = np.linalg.inv(volume.affine) @ FLIP @ placed.affine
+    grid = np.indices(placed.array.shape[:3]).reshape(3, -1)
+    index = to_scan[:3, :3] @ grid + to_scan[:3, 3:]
+    rounded = np.rint(index).astype(int)
+    assert np.abs(index - rounded).max() < 1e-3
+    result = {}
+    for j, number in enumerate(seg.segment_numbers):
+        mask = np.zeros(volume.shape, np.uint8)
+        values = placed.array[..., j].reshape(-1)
+        inside = values > 0
+        mask[rounded[0][inside], rounded[1][inside], rounded[2][inside]] = 1
+        result[number] = mask
+    return result
+
+
+@pytest.mark.parametrize("name", ["classic", "lps_columns", "reversed", "oblique", "enhanced", "enhanced_oblique"])
+def test_seg_read_back_with_highdicom_is_voxel_identical_to_the_nifti_masks(variants, tmp_path, name):
+    folder, volume, masks = variants(name)
+    summary = write_dicom_seg(tmp_path / "segmentation.seg.dcm", masks, volume, SEGMENTS, model_name="nano",
+                              software_version="0.1.0")
+    assert summary["empty"] == ["absent"]
+    assert [s["name"] for s in summary["segments"]] == ["liver", "spleen_stomach", "right_adrenal"]
+    back = read_back(tmp_path / "segmentation.seg.dcm", volume)
+    for segment in summary["segments"]:
+        assert masks[segment["name"]].sum() > 100
+        np.testing.assert_array_equal(back[segment["number"]], masks[segment["name"]], err_msg=segment["name"])
+
+
+def test_seg_carries_prompts_terms_codes_colours_and_references_every_source_instance(variants, tmp_path):
+    folder, volume, masks = variants("classic")
+    write_dicom_seg(tmp_path / "a.dcm", masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
+    seg = pydicom.dcmread(tmp_path / "a.dcm")
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(folder.iterdir())]
+
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == \
+        {s.SOPInstanceUID for s in sources}
+    liver, union, adrenal = seg.SegmentSequence
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "spleen and stomach", "right adrenal gland"]
+    assert union.SegmentDescription == "spleen, stomach"
+    assert (liver.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            liver.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("10200004", "SCT")
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    adrenal_type = adrenal.SegmentedPropertyTypeCodeSequence[0]
+    assert adrenal_type.CodeValue == "23451007"
+    assert adrenal_type.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"  # Right
+    assert union.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99SATSEG"
+    assert seg.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99SATSEG"
+    assert liver.SegmentAlgorithmType == "AUTOMATIC"
+    assert "satseg" in liver.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+    assert "nano" in liver.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion
+    colours = [tuple(s.RecommendedDisplayCIELabValue) for s in seg.SegmentSequence]
+    assert len(set(colours)) == 3
+    # every frame is derived from the source instance at its position
+    by_uid = {s.SOPInstanceUID: s for s in sources}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
+                                   by_uid[uid].ImagePositionPatient, atol=1e-4)
+
+
+def _without_uids_and_times(ds: pydicom.Dataset) -> list:
+    """The data elements of ``ds`` (recursively), leaving out UIDs, dates and times: what must repeat."""
+    kept = []
+    for element in ds:
+        if element.VR in ("UI", "DA", "TM", "DT"):
+            continue
+        if element.VR == "SQ":
+            kept.append((element.tag, [_without_uids_and_times(item) for item in element.value]))
+        else:
+            kept.append((element.tag, element.value))
+    return kept
+
+
+def test_seg_is_reproducible_apart_from_uids_and_dates(variants, tmp_path):
+    _, volume, masks = variants("classic")
+    for name in ("a.dcm", "b.dcm"):
+        write_dicom_seg(tmp_path / name, masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
+    a, b = (pydicom.dcmread(tmp_path / n) for n in ("a.dcm", "b.dcm"))
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    assert _without_uids_and_times(a) == _without_uids_and_times(b)
+
+
+@pytest.mark.parametrize("name", ["classic", "enhanced_oblique"])
+def test_dciodvfy_reports_no_error_on_the_seg(variants, tmp_path, name):
+    dciodvfy = require_tool("dciodvfy")
+    _, volume, masks = variants(name)
+    write_dicom_seg(tmp_path / "s.dcm", masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
+    result = subprocess.run([dciodvfy, str(tmp_path / "s.dcm")], capture_output=True, text=True, timeout=120)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
+
+
+def test_seg_from_a_zip_of_the_series(variants, tmp_path):
+    folder, _, masks = variants("reversed")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in folder.iterdir():
+            zf.write(file, f"ct/{file.name}")
+    volume = read_volume(archive)
+    write_dicom_seg(tmp_path / "s.dcm", masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
+    back = read_back(tmp_path / "s.dcm", volume)
+    np.testing.assert_array_equal(back[1], masks["liver"])
+
+
+def test_nifti_made_from_the_series_writes_a_seg_with_reference_series(variants, tmp_path):
+    folder, volume, masks = variants("oblique")
+    nib.save(nib.Nifti1Image(volume.array[::-1, :, ::-1].copy(), volume.affine @ _flip_matrix(volume.shape)),
+             tmp_path / "scan.nii.gz")  # the same grid in another voxel order
+    scan = read_volume(tmp_path / "scan.nii.gz")
+    nifti_masks = {k: v[::-1, :, ::-1].copy() for k, v in masks.items()}
+    series = check_reference_series(scan, folder)
+    write_dicom_seg(tmp_path / "s.dcm", nifti_masks, scan, SEGMENTS, model_name="nano", software_version="0.1.0",
+                    source=series)
+    back = read_back(tmp_path / "s.dcm", scan)
+    np.testing.assert_array_equal(back[1], nifti_masks["liver"])
+
+
+def _flip_matrix(shape) -> np.ndarray:
+    """Voxel index map of flipping axes 0 and 2: (i, j, k) → (I-1-i, j, K-1-k)."""
+    m = np.diag([-1.0, 1.0, -1.0, 1.0])
+    m[0, 3], m[2, 3] = shape[0] - 1, shape[2] - 1
+    return m
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ("shift", "off the scan's grid"),
+    ("crop", "frames of 512×512 pixels; the scan is 512×512×19"),
+    ("spacing", "not a voxel step of the scan"),
+])
+def test_reference_series_whose_geometry_differs_is_refused_naming_what(variants, tmp_path, change, fragment):
+    folder, volume, _ = variants("classic")
+    affine, array = volume.affine.copy(), volume.array
+    if change == "shift":
+        affine[:3, 3] += affine[:3, 0] * 0.5  # half a voxel
+    elif change == "crop":
+        array = array[:, :, :19]
+    else:
+        affine[:3, :2] *= 1.1
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(array), affine), tmp_path / "scan.nii.gz")
+    with pytest.raises(InputError) as info:
+        check_reference_series(read_volume(tmp_path / "scan.nii.gz"), folder)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_gantry_tilted_series_is_refused_not_written_misplaced(variants, tmp_path):
+    # satseg's reader stacks a tilted series on an orthogonal grid (SimpleITK), which misplaces slices after the
+    # first by tan(tilt) × distance; the writer sees that the frames are off the grid and refuses.
+    folder, volume, _ = variants("tilted")
+    masks = {s.name: np.ones(volume.shape, np.uint8) for s in SEGMENTS}
+    with pytest.raises(InputError) as info:
+        write_dicom_seg(tmp_path / "s.dcm", masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
+    assert "gantry-tilted" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "s.dcm").exists()
+
+
+def test_scan_not_read_from_dicom_is_refused(variants, tmp_path):
+    _, volume, masks = variants("classic")
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), tmp_path / "scan.nii.gz")
+    scan = read_volume(tmp_path / "scan.nii.gz")
+    with pytest.raises(InputError, match="DICOM outputs need a scan read from DICOM"):
+        write_dicom_seg(tmp_path / "s.dcm", masks, scan, SEGMENTS, model_name="nano", software_version="0.1.0")
+    assert not (tmp_path / "s.dcm").exists()
+
+
+def test_anonymised_series_without_uids_is_refused(reference_files, original, tmp_path):
+    _, volume, labels = original  # the real files: empty Study/Series Instance UIDs
+    masks = {"liver": (labels == 5).astype(np.uint8)}
+    with pytest.raises(InputError, match="no StudyInstanceUID, SeriesInstanceUID"):
+        write_dicom_seg(tmp_path / "s.dcm", masks, volume, [SEGMENTS[0]], model_name="nano",
+                        software_version="0.1.0")
+
+
+def test_all_masks_empty_writes_nothing_and_says_so(variants, tmp_path):
+    _, volume, _ = variants("classic")
+    masks = {s.name: np.zeros(volume.shape, np.uint8) for s in SEGMENTS}
+    summary = write_dicom_seg(tmp_path / "s.dcm", masks, volume, SEGMENTS, model_name="nano",
+                              software_version="0.1.0")
+    assert summary["path"] is None and summary["empty"] == [s.name for s in SEGMENTS]
+    assert not (tmp_path / "s.dcm").exists()
