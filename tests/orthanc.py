@@ -41,9 +41,11 @@ START_TIMEOUT_S = 30.0
 
 def find_orthanc() -> tuple[str, str] | str:
     """``(Orthanc binary, DICOMweb plugin)``, or the reason they cannot be used (a string)."""
-    binary = os.environ.get("ORTHANC_BINARY") or shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+    given = os.environ.get("ORTHANC_BINARY")
+    binary = shutil.which(given) if given else shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
     if not binary:
-        return "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)"
+        return f"{given} is not an executable" if given else \
+            "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)"
     candidates = [os.environ.get("ORTHANC_DICOMWEB_PLUGIN", ""), *PLUGIN_PLACES]
     plugin = next((p for p in candidates if p and Path(p).is_file()), None)
     if plugin is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from orthanc import free_port, orthanc_factory, with_uids  # noqa: F401  (orthanc_factory is a fixture)
+from orthanc import free_port, orthanc_factory, require_orthanc, with_uids  # noqa: F401  (orthanc_factory: fixture)
 from pydicom.uid import generate_uid
 
 from satseg.errors import InputError, SatsegError
@@ -419,3 +419,13 @@ def test_credential_settings_are_checked_without_showing_values():
         with pytest.raises(InputError, match=message) as err:
             credentials_source(env)
         _assert_secret_free(str(err.value))
+
+
+def test_a_missing_orthanc_skips_but_fails_under_ci(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORTHANC_BINARY", str(tmp_path / "no-orthanc"))
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no-orthanc is not an executable"):
+        require_orthanc()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but .*no-orthanc is not an executable"):
+        require_orthanc()
