@@ -125,7 +125,7 @@ def test_seg_carries_prompts_terms_codes_colours_and_references_every_source_ins
     assert union.SegmentDescription == "spleen, stomach"
     assert (liver.SegmentedPropertyTypeCodeSequence[0].CodeValue,
             liver.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("10200004", "SCT")
-    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
     adrenal_type = adrenal.SegmentedPropertyTypeCodeSequence[0]
     assert adrenal_type.CodeValue == "23451007"
     assert adrenal_type.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"  # Right

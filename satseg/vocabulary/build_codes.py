@@ -19,7 +19,7 @@ How a term gets its codes, in this order:
    term itself.
 
 Category (CID 7150): Morphologically Abnormal Structure (SCT 49755003) for lesion terms (the vocabulary's
-``abnormal`` flag); Tissue (SCT 85756007) for codes of CID 7166 (tissue types); Anatomical Structure (SCT 123037004)
+``abnormal`` flag); Tissue (SCT 85756007) for codes of CID 7166 (tissue types); Anatomical Structure (SCT 91723000; CID 7150 as pydicom ships it, not the older 123037004)
 otherwise. Lesion terms named after an organ (``liver tumor``) get the organ as ``region`` (AnatomicRegionSequence).
 """
 
@@ -40,7 +40,7 @@ SCT = "SCT"
 # context groups searched, in order of preference: segmentation property types, then anatomic regions
 CIDS = (7151, 7152, 7153, 7154, 7155, 7156, 7160, 7166, 7159, 7140, 4031, 4030, 4)
 CATEGORY = {
-    "structure": ("123037004", "Anatomical Structure"),
+    "structure": ("91723000", "Anatomical Structure"),
     "tissue": ("85756007", "Tissue"),
     "abnormal": ("49755003", "Morphologically Abnormal Structure"),
 }
