@@ -241,7 +241,7 @@ def test_resolution_is_frozen_and_serialises_to_json():
     assert data == {"prompt": "both lungs", "terms": ["left lung", "right lung"], "method": "composition",
                     "modality": "mri", "warnings": list(resolution.warnings),
                     "explanation": resolution.explanation, "context": [], "corrections": [],
-                    "steps": list(resolution.steps)}
+                    "steps": list(resolution.steps), "groups": []}
     assert len(data["warnings"]) == 2
 
 

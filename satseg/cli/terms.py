@@ -76,6 +76,8 @@ def _print_resolution(resolution) -> None:
     typer.echo(f"prompt:      {resolution.prompt}")
     for step in resolution.steps:
         typer.echo(f"step:        {step}")
+    for group in resolution.groups:
+        _print_group(group)
     typer.echo(f"terms:       {'; '.join(resolution.terms)}")
     typer.echo(f"method:      {resolution.method}")
     if resolution.modality:
@@ -90,6 +92,19 @@ def _print_refusal(refusal) -> None:
     typer.echo(f"prompt:      {refusal.prompt}")
     for step in refusal.steps:
         typer.echo(f"step:        {step}")
+    if refusal.group is not None:
+        _print_group(refusal.group)
     typer.echo("terms:       (refused)")
     if refusal.suggestions:
         typer.echo(f"suggestions: {'; '.join(refusal.suggestions)}")
+
+
+def _print_group(group: dict) -> None:
+    """A named group: its members, what is missing or untrained, the rule and the source of the membership."""
+    typer.echo(f"group:       {group['group']!r} = {' + '.join(group['members'])}")
+    if group.get("missing"):
+        typer.echo(f"missing:     {', '.join(group['missing'])} (never trained)")
+    if group.get("untrained"):
+        typer.echo(f"untrained:   {', '.join(group['untrained'])} (not trained on this modality)")
+    typer.echo(f"rule:        {group['rule']}")
+    typer.echo(f"source:      {group['source']}")

@@ -48,7 +48,7 @@ _IMAGING = ("scan", "image", "imaging", "study", "series", "sequence", "slice", 
             "tomography", "tomographic", "scanner", "reconstruction", "window", "short axis", "long axis",
             "four chamber", "4 chamber", "two chamber", "2 chamber", "three chamber", "3 chamber", "plane",
             "thin slice", "thick slice", "kernel", "level", "setting", "fieldstrength", "inspiration", "expiration",
-            "inspiratory", "expiratory", "breath hold", "volumetry", "volumetric analysis")
+            "inspiratory", "expiratory", "breath hold", "volumetry", "volumetric analysis", "voxel", "pixel")
 _TASK = (
     "segment", "segmentation", "segmented", "segmenting", "delineate", "delineation", "delineated", "delineating",
     "contour", "contouring", "contoured", "outline", "outlining", "outlined", "boundary", "border", "margin",
@@ -74,7 +74,7 @@ _TASK = (
     "visualising", "demonstrating", "demonstrate", "displaying", "display", "displayed", "highlighted", "evidence",
     "radiologic", "radiological", "radiographic", "assessed", "quantified", "quantification", "outlines", "depicts",
     "shows", "features", "extent", "tissue", "parenchyma", "parenchymal", "measured", "measurement", "detailed",
-    "appearance", "image based", "based", "examined",
+    "appearance", "image based", "based", "examined", "belong", "belonging", "belongs to", "belonging to",
 )
 _FILLER = ("the", "a", "an", "this", "that", "these", "those", "it", "its", "their", "his", "her", "my", "our",
            "your", "patient", "patient s", "s", "subject", "some", "any", "all", "entire", "whole", "complete",

@@ -105,7 +105,7 @@ class ListReader:
             if isinstance(sided, Match) and sided.terms != found.terms:
                 out.append((segment, Match(sided.terms, sided.method,
                                            f"side {side!r} carried from the list, as {side + ' ' + segment!r}; "
-                                           f"{sided.how}")))
+                                           f"{sided.how}", group=sided.group)))
                 continue
             options = [t for t in found.terms for s in LATERALITY
                        for m in [self.phrase(f"{s} {t}")] if isinstance(m, Match) and m.terms != (t,)]

@@ -11,6 +11,7 @@ class Match:
     method: str
     how: str
     lossy: bool = False  # a word was dropped on the way ("gland", "bone", "region"): never across a separator
+    group: str | None = None  # the named group the terms are the members of ("gluteal muscles")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Refusal:
 
     message: str
     suggestions: tuple[str, ...]
+    group: str | None = None  # a named group that is refused ("liver lobes": no quadrate lobe is trained)
 
 
 def resolved(parts) -> bool:

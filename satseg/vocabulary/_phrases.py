@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from satseg.vocabulary._findings import FindingReader
+from satseg.vocabulary._groups import GroupReader
 from satseg.vocabulary._lists import ListReader
 from satseg.vocabulary._match import Ambiguous, Match, Refusal, resolved
 from satseg.vocabulary._text import LATERALITY, counts, light, phrase_key, tokens
@@ -39,7 +40,11 @@ _BOTH_AFTER = re.compile(r"^(.+?) (?:left and right|right and left|left right|ri
                          r"on both sides)$")
 _ENTRY = re.compile(r"^(ct|mri|pet)_(.+)$")
 DROPPABLE_SUFFIX = ("muscle", "bone", "gland", "organ", "structure", "region", "hemisphere", "cavity")
-ADDABLE_SUFFIX = ("gland", "bone", "artery")
+ADDABLE_SUFFIX = ("gland", "bone", "artery")  # a term trained on another modality under a longer name
+# A head noun left out where the rest names one structure only ("internal jugular", "right caudate" → nucleus,
+# "celiac" → trunk, "left subclavian" → artery); two completions ("brachiocephalic": trunk or vein, "left iliac":
+# artery or vena) are no reading. Only completions to a trained term name count, so "thigh" is never "thigh bone".
+IMPLIED_HEADS = ("gland", "bone", "artery", "vein", "vena", "trunk", "nucleus", "process")
 _SIDED_SUFFIX = ("hemisphere",)  # "left cerebellar hemisphere" is the left cerebellum; both hemispheres are not
 _POSITIONAL = ("inferior", "superior", "anterior", "posterior", "medial", "lateral", "upper", "lower", "middle")
 # Dropping a category word keeps the category: what is left must name a structure of that kind ("hip muscles" is
@@ -54,7 +59,7 @@ KINDS = {
 
 
 @dataclass
-class Resolver(ListReader, FindingReader):
+class Resolver(ListReader, FindingReader, GroupReader):
     vocabulary: Vocabulary
     modality: str | None = None
     cache: dict = field(default_factory=dict)
@@ -95,8 +100,9 @@ class Resolver(ListReader, FindingReader):
                 return found
         return refusal
 
-    def key(self, key: str, depth: int) -> Match | Ambiguous | None:
-        """Exact term or alias for a normalised key, then rewrites of it (up to ``depth`` rewrites deep)."""
+    def key(self, key: str, depth: int) -> Match | Ambiguous | Refusal | None:
+        """Exact term, alias or named group for a normalised key, then rewrites of it (up to ``depth`` rewrites
+        deep); a Refusal only for a refused group."""
         v = self.vocabulary
         if key in v.term_by_key:
             return Match((v.term_by_key[key],), "exact", "trained term")
@@ -109,19 +115,32 @@ class Resolver(ListReader, FindingReader):
             if alias["source"] == "vertebra level":  # "L3", "lumbar 3": a level name, not an abbreviation
                 return Match((alias["term"],), "vertebra level", f"vertebra level {key!r}")
             return Match((alias["term"],), alias["method"], f"{alias['method']} ({alias['source']})")
+        group = self.group(key)
+        if group is not None:
+            return group
         if depth == 0:
             return None
-        rewrites = list(self._rewrites(key))
+        words = key.split()
+        base = self.key(" ".join(words[1:]), depth=1) if words[0] in LATERALITY and len(words) > 1 else None
+        if isinstance(base, (Match, Refusal)) and base.group:  # "left gluteal muscles", "lobes of the right lung"
+            return self.side_of_group(words[0], base)
+        rewrites = list(self._rewrites(key, base))
+        refusal = None
         for level in range(depth):  # the fewest rewrites first: "costal cartilage region" is costal cartilage,
             for rewritten, how, renamed_by in rewrites:  # not "rib cartilage" by a word form and a dropped word
                 found = self.key(rewritten, level)
+                if isinstance(found, Refusal):  # a refused group ("lobes of the liver") stays refused
+                    refusal = refusal or found
                 if isinstance(found, Match) and not self._keeps_kind(how, found):
                     continue
                 if isinstance(found, Match):
                     method = renamed_by if found.method == "exact" and renamed_by else found.method
                     lossy = found.lossy or how.startswith("without")
-                    return Match(found.terms, method, f"{how}, then {found.how}", lossy)
-        return None
+                    return Match(found.terms, method, f"{how}, then {found.how}", lossy, found.group)
+        options = tuple(dict.fromkeys(self._completions(key).values()))
+        if refusal is None and len(options) > 1:  # "brachiocephalic": trunk or vein; "left iliac": artery or vena
+            return Ambiguous(key, options)
+        return refusal
 
     @staticmethod
     def _keeps_kind(how: str, found: Match) -> bool:
@@ -138,11 +157,11 @@ class Resolver(ListReader, FindingReader):
                                     if len(k.split()) > 1 and k.split()[-1].isalpha())
         return self._heads
 
-    def _rewrites(self, key: str):
+    def _rewrites(self, key: str, base: Match | Ambiguous | Refusal | None):
+        """(key, how, method) rewrites of a key; ``base`` is the key without its side word, read (or None)."""
         v = self.vocabulary
         words = key.split()
         if words[0] in LATERALITY and len(words) > 1:
-            base = self.key(" ".join(words[1:]), depth=1)
             if isinstance(base, Match) and len(base.terms) == 1:
                 head, of, tail = base.terms[0].rpartition(" of ")  # "head of femur" → "head of left femur"
                 for sided in (f"{words[0]} {base.terms[0]}", f"{head} of {words[0]} {tail}" if of else ""):
@@ -167,10 +186,18 @@ class Resolver(ListReader, FindingReader):
         rest = words[len(side):]
         if len(rest) > 1 and rest[0] in self.head_nouns():  # "Bowel_Small", "Glnd_Lacrimal_L": category first
             yield phrase_key(" ".join(side + rest[1:] + rest[:1])), "word order (category first)", None
-        for suffix in ADDABLE_SUFFIX:
-            vein = suffix == "artery" and any(f"{key} {w}" in v.term_by_key for w in ("vein", "vena"))
-            if words[-1] not in DROPPABLE_SUFFIX and f"{key} {suffix}" in v.term_by_key and not vein:
-                yield f"{key} {suffix}", f"with {suffix!r}", "synonym"
+        completions = self._completions(key)  # "internal jugular", "right caudate": one structure only
+        if len(set(completions.values())) == 1:
+            head = next(iter(completions))
+            yield f"{key} {head}", f"with the implied head noun {head!r}", "synonym"
+
+    def _completions(self, key: str) -> dict[str, str]:
+        """Head noun → trained term for each :data:`IMPLIED_HEADS` word that completes the key to a term name."""
+        words = key.split()
+        if words[-1] in DROPPABLE_SUFFIX or words[-1] in IMPLIED_HEADS:
+            return {}
+        found = {h: self.vocabulary.term_by_key.get(f"{key} {h}") for h in IMPLIED_HEADS}
+        return {h: t for h, t in found.items() if t is not None}
 
     # -- groups -------------------------------------------------------------------------------------------------
     def _range(self, text: str, key: str) -> Match | None:
@@ -205,6 +232,9 @@ class Resolver(ListReader, FindingReader):
 
     def _both_sides(self, text: str, key: str) -> Match | Ambiguous | None:
         joined = " ".join(tokens(text))
+        head, of, tail = joined.partition(" of ")
+        if of and tail.split()[0] in ("both", "bilateral"):  # "lobes of both lungs" → both lung lobes
+            joined = f"{tail} {head}"
         m = _BOTH_BEFORE.match(joined) or _BOTH_AFTER.match(joined)
         if not m or phrase_key(m.group(1)).split()[:1] in (["left"], ["right"]):
             return None
@@ -218,7 +248,8 @@ class Resolver(ListReader, FindingReader):
     def _sides(self, base: str, explicit: bool) -> Match | Ambiguous | None:
         left, right = self.phrase(f"left {base}"), self.phrase(f"right {base}")
         if isinstance(left, Match) and isinstance(right, Match) and left.terms != right.terms:
-            return Match(left.terms + right.terms, "composition", f"left and right {base!r}")
+            return Match(left.terms + right.terms, "composition", f"left and right {base!r}",
+                         group=left.group if left.group == right.group else None)
         if explicit:
             whole = self.phrase(base)
             if isinstance(whole, Match):

@@ -10,8 +10,6 @@ use, so a look-up costs a few dictionary probes rather than a pass over the voca
 
 from __future__ import annotations
 
-from itertools import combinations
-
 MIN_LENGTH = 4  # shorter words (abbreviations, "l4") are never corrected
 LONG_WORD = 8
 # A prefix changes the meaning ("extracranial" is not "intracranial"): no correction across one.
@@ -36,10 +34,11 @@ def max_distance(word: str) -> int:
 
 
 def _deletions(word: str, depth: int) -> set[str]:
-    out = {word}
-    for n in range(1, min(depth, len(word) - 1) + 1):
-        for gone in combinations(range(len(word)), n):
-            out.add("".join(c for i, c in enumerate(word) if i not in gone))
+    """The word with up to ``depth`` letters deleted (the word itself included)."""
+    out = frontier = {word}
+    for _ in range(min(depth, len(word) - 1)):
+        frontier = {w[:i] + w[i + 1:] for w in frontier for i in range(len(w))}
+        out = out | frontier
     return out
 
 
@@ -60,15 +59,22 @@ def distance(a: str, b: str) -> int:
 class Speller:
     """Corrections against a fixed set of known words."""
 
-    def __init__(self, known: set[str], targets: set[str], never_corrected: frozenset[str] = frozenset()):
+    def __init__(self, known: set[str], targets: set[str], never_corrected: frozenset[str] = frozenset(),
+                 fallback: set[str] = frozenset()):
         self.known = frozenset(known)  # never corrected
         self.never_corrected = never_corrected  # real words that are no term: left for the caller to refuse
-        self.index: dict[str, list[str]] = {}  # words a misspelling may be corrected to
-        indexed = sorted(w for w in targets if w.isalpha() and len(w) >= MIN_LENGTH - 1)
-        for word in indexed:
-            for deleted in _deletions(word, 2):
-                self.index.setdefault(deleted, []).append(word)
-        self.longest = max(map(len, indexed), default=0)
+        # Words a misspelling may be corrected to; ``fallback`` words (group names) only where no target is close,
+        # so that a group name never makes a correction ambiguous ("cerebelum" stays cerebellum, not cerebrum).
+        self.indexes: list[dict[str, list[str]]] = []
+        self.longest = 0
+        for words in (targets, set(fallback) - set(targets)):
+            index: dict[str, list[str]] = {}
+            indexed = sorted(w for w in words if w.isalpha() and len(w) >= MIN_LENGTH - 1)
+            for word in indexed:
+                for deleted in _deletions(word, 2):
+                    index.setdefault(deleted, []).append(word)
+            self.indexes.append(index)
+            self.longest = max([self.longest, *map(len, indexed)])
 
     def candidates(self, word: str) -> list[str]:
         """Known words within the allowed distance of an unknown ``word`` (empty for short or known words)."""
@@ -77,9 +83,13 @@ class Speller:
         limit = max_distance(word)
         if len(word) > self.longest + limit:  # no known word is that close (and its deletions grow as len³)
             return []
-        seen = {c for d in _deletions(word, limit) for c in self.index.get(d, ())}
-        close = {c: distance(word, c) for c in sorted(seen)}
-        close = {c: d for c, d in close.items() if d <= limit}
-        if len(close) == 1 and not plausible(word, *next(iter(close.items()))):
-            return []  # the only close word changes a prefix or the word's start: no correction
-        return list(close)  # two or more: the caller refuses, naming them (an implausible one still counts)
+        deletions = _deletions(word, limit)
+        for index in self.indexes:
+            seen = {c for d in deletions for c in index.get(d, ())}
+            close = {c: d for c in sorted(seen) if (d := distance(word, c)) <= limit}
+            if not close:
+                continue
+            if len(close) == 1 and not plausible(word, *next(iter(close.items()))):
+                return []  # the only close word changes a prefix or the word's start: no correction
+            return list(close)  # two or more: the caller refuses, naming them (an implausible one still counts)
+        return []

@@ -6,7 +6,8 @@
 Inputs: ``sat-ds/terminology_list.json`` (the 498 trained ``modality_name`` entries with regions, datasets and
 lesion flags), ``sat-pretrain/supplementary_lab2def_gpt.json`` (only the names found in its ``synonyms`` lists are
 kept, never its definitions), TotalSegmentator's ``map_to_binary.py`` (read with :mod:`ast`, never executed;
-``class_map["total"]`` and ``class_map["total_mr"]``) and the hand-written ``curated.json`` beside this file.
+``class_map["total"]`` and ``class_map["total_mr"]``) and the hand-written ``curated.json`` beside this file
+(synonyms, abbreviations, word forms, and the named groups with the source of each group's membership).
 The output is sorted and has no time stamps, so the same inputs give byte-identical files.
 
 Synonyms from the knowledge file are noisy: the same name is listed under several concepts, and broader words
@@ -256,6 +257,25 @@ def _word_forms(tables: _Tables, curated: dict[str, str]) -> dict[str, str]:
     return forms
 
 
+def _groups(curated: dict, tables: _Tables, modalities: dict[str, set[str]]) -> tuple[dict, dict]:
+    """({group name: {"members", "missing", "refused", "source"}}, {name key: group name}) from curated.json
+    "groups"; every member must be a trained term and no name may be a term's own name."""
+    groups: dict[str, dict] = {}
+    keys: dict[str, str] = {}
+    for name, group in sorted(curated.items()):
+        unknown = [m for m in group["members"] if m not in modalities]
+        if unknown or not group.get("source"):
+            raise ValueError(f"curated group {name!r}: members {unknown} are no trained terms, or no source")
+        groups[name] = {"members": list(group["members"]), "missing": list(group.get("missing", [])),
+                        "refused": group.get("refused", ""), "source": group["source"]}
+        for phrase in [name, *group.get("names", [])]:
+            key = phrase_key(phrase)
+            if key in tables.term_by_key or keys.get(key, name) != name:
+                raise ValueError(f"curated group name {phrase!r} is already a term or another group")
+            keys[key] = name
+    return groups, dict(sorted(keys.items()))
+
+
 def _resolvable(tables: _Tables, phrase: str) -> bool:
     key = phrase_key(phrase)
     return (key in tables.term_by_key or tables.lookup(phrase) is not None
@@ -325,6 +345,10 @@ def build(reference: Path, totalseg_map: Path) -> dict:
         if target is not None and word not in curated["ambiguous"]:
             ambiguous.pop(word, None)
             aliases[word] = {"term": target, "method": "synonym", "source": "word form"}
+    groups, group_keys = _groups(curated.get("groups", {}), tables, modalities)
+    for key in group_keys:  # a group name is no alias: "liver lobes" must not become left + right lobe
+        aliases.pop(key, None)
+        ambiguous.pop(key, None)
     return {
         "format_version": FORMAT_VERSION,
         "sources": {
@@ -338,6 +362,8 @@ def build(reference: Path, totalseg_map: Path) -> dict:
         "ambiguous": dict(sorted(ambiguous.items())),
         "adjectives": dict(sorted(word_forms.items())),
         "vertebra_levels": levels,
+        "groups": groups,
+        "group_keys": group_keys,
         "totalsegmentator": totalseg,
         "knowledge_concepts_without_sat_term": unmapped,
         "knowledge_words": sorted(set(_knowledge_words(knowledge, tables)) | set(curated.get("real_words", []))),

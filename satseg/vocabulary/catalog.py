@@ -76,6 +76,8 @@ class Vocabulary:
             self.alias_keys.setdefault(alias["term"], []).append(key)
         self.adjectives: dict[str, str] = document["adjectives"]
         self.knowledge_words = frozenset(document.get("knowledge_words", ()))  # real words, never corrected
+        self.groups: dict[str, dict] = document.get("groups", {})  # name → members, missing, refused, source
+        self.group_keys: dict[str, str] = document.get("group_keys", {})  # name key → group name
         self.vertebra_levels: dict[str, str] = dict(document["vertebra_levels"])
         self.level_order = [abbr for abbr, _ in document["vertebra_levels"]]
         self.totalseg = {ts.lower(): term for task in ("total", "total_mr")

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from satseg.errors import PromptError
 from satseg.vocabulary import _context, _findings, _lexicon
+from satseg.vocabulary._groups import RULE as GROUP_RULE
 from satseg.vocabulary._phrases import (
     ADDABLE_SUFFIX,
     DROPPABLE_SUFFIX,
@@ -45,18 +46,20 @@ class Resolution:
     prompt: str  # as given
     terms: tuple[str, ...]  # trained term names, lower case as in SAT's terminology list
     method: str  # "exact" | "synonym" | "word dropped" ("prostate gland" → prostate) | "totalsegmentator" |
-    #              "abbreviation" | "vertebra level" ("L3") | "composition" | "finding" | "free-text"
+    #              "abbreviation" | "vertebra level" ("L3") | "composition" | "finding" | "group" | "free-text"
     modality: str | None = None
     warnings: tuple[str, ...] = ()
     explanation: str = ""
     context: tuple[str, ...] = ()  # words set aside, as "modality: 'contrast enhanced ct'"
     corrections: tuple[str, ...] = ()  # "'splen' → 'spleen'"
     steps: tuple[str, ...] = ()  # how it was read, in order (what --explain shows)
+    groups: tuple[dict, ...] = ()  # named groups read: {"group", "phrase", "members", "rule", "source"}
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "terms": list(self.terms), "method": self.method,
                 "modality": self.modality, "warnings": list(self.warnings), "explanation": self.explanation,
-                "context": list(self.context), "corrections": list(self.corrections), "steps": list(self.steps)}
+                "context": list(self.context), "corrections": list(self.corrections), "steps": list(self.steps),
+                "groups": [dict(g) for g in self.groups]}
 
 
 class PromptResolutionError(PromptError):
@@ -65,17 +68,21 @@ class PromptResolutionError(PromptError):
     scan's modality (``untrained_modality`` is True). ``steps`` says how far the reading got."""
 
     def __init__(self, message: str, *, prompt: str, suggestions: tuple[str, ...] = (), ambiguous: bool = False,
-                 untrained_modality: bool = False, steps: tuple[str, ...] = ()):
+                 untrained_modality: bool = False, steps: tuple[str, ...] = (), group: dict | None = None):
         super().__init__(message)
         self.prompt = prompt
         self.suggestions = tuple(suggestions)
         self.ambiguous = ambiguous
         self.untrained_modality = untrained_modality
         self.steps = tuple(steps)
+        self.group = group  # the named group refused: {"group", "members", "missing", "rule", "source"}
 
     def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "refused": str(self), "suggestions": list(self.suggestions),
-                "ambiguous": self.ambiguous, "untrained_modality": self.untrained_modality, "steps": list(self.steps)}
+        out = {"prompt": self.prompt, "refused": str(self), "suggestions": list(self.suggestions),
+               "ambiguous": self.ambiguous, "untrained_modality": self.untrained_modality, "steps": list(self.steps)}
+        if self.group is not None:
+            out["group"] = dict(self.group)
+        return out
 
 
 @lru_cache(maxsize=1)
@@ -83,16 +90,18 @@ def _speller() -> Speller:
     v = load()
     targets = {w for keys in (v.term_by_key, v.aliases, v.ambiguous, v.adjectives) for key in keys for w in key.split()}
     targets |= set(_findings.FINDING_WORDS) | {w for w in map(canonical, _lexicon.WORDS) if len(w) >= 6}
-    known = targets | {canonical(w) for w in _lexicon.WORDS} | set(_findings.MODIFIERS) | set(_findings.LINKS)
+    groups = {w for key in v.group_keys for w in key.split()}
+    known = targets | groups | {canonical(w) for w in _lexicon.WORDS} | set(_findings.MODIFIERS) | set(_findings.LINKS)
     known |= set(_EXTRA_KNOWN)
-    return Speller(known, targets, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words})
+    return Speller(known, targets, never_corrected=v.knowledge_words | {canonical(w) for w in v.knowledge_words},
+                   fallback=groups)
 
 
 def _is_name(phrase: str) -> bool:
-    """Whether a phrase is a trained term or an alias (as typed, up to spelling and word order)."""
+    """Whether a phrase is a trained term, an alias or a group name (as typed, up to spelling and word order)."""
     v = load()
     key = phrase_key(phrase)
-    return key in v.term_by_key or key in v.aliases
+    return key in v.term_by_key or key in v.aliases or key in v.group_keys
 
 
 def _upper(modality: str) -> str:
@@ -332,7 +341,7 @@ def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False
         method = parts[0][1].method
     else:
         method = "composition"
-    if len(terms) > 1 and method != "finding":
+    if len(terms) > 1 and method not in ("finding", "group"):
         method = "composition"
     prefix = "".join(f"{s}; " for s in reading.steps)
     if len(parts) == 1:
@@ -341,15 +350,54 @@ def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False
         explanation = f"{text!r} = {prefix}union of " + "; ".join(
             f"{phrase!r} → {', '.join(found.terms)} ({found.how})" for phrase, found in parts)
     terms = tuple(dict.fromkeys(_modality_name(t, reading.modality, vocabulary, steps) for t in terms))
+    groups = _groups_read(parts, reading.modality, vocabulary)
+    if not allow_untrained_modality:
+        _check_group_modality(groups, reading.modality, vocabulary, str(prompt), steps)
     warnings = _modality_check(terms, reading.modality, vocabulary, allow_untrained_modality, str(prompt), steps)
     return Resolution(str(prompt), terms, method, reading.modality, tuple(warnings), explanation,
-                      tuple(reading.context), tuple(reading.corrections), tuple(steps))
+                      tuple(reading.context), tuple(reading.corrections), tuple(steps), groups)
+
+
+def _groups_read(parts: list, modality: str | None, vocabulary: Vocabulary) -> tuple[dict, ...]:
+    """The named groups among the phrases, with the members read (in the scan's modality's names)."""
+    out = []
+    for phrase, found in parts:
+        if found.group is not None:
+            members = [_modality_name(t, modality, vocabulary, []) for t in found.terms]
+            out.append({"group": found.group, "phrase": phrase, "members": list(dict.fromkeys(members)),
+                        "rule": GROUP_RULE, "source": vocabulary.groups[found.group]["source"]})
+    return tuple(out)
+
+
+def _check_group_modality(groups: tuple[dict, ...], modality: str | None, vocabulary: Vocabulary, prompt: str,
+                          steps: list[str]) -> None:
+    """A group with a member not trained on the scan's modality is refused whole, naming those members."""
+    for group in groups:
+        members = group["members"]
+        untrained = [t for t in members if modality is not None and modality not in vocabulary.modalities_of(t)]
+        if not untrained:
+            continue
+        trained = [t for t in members if t not in untrained]
+        where = "; ".join(f"{t!r} (trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only)"
+                          for t in untrained)
+        said = f"; trained on {modality.upper()}: {', '.join(trained)}" if trained else ""
+        raise PromptResolutionError(
+            f"{group['phrase']!r} is the group {group['group']!r} ({len(members)} members); on "
+            f"{modality.upper()} {len(untrained)} of them are not trained: {where}. The group is refused rather "
+            f"than segmented in part (pass --allow-untrained-modality to run all members anyway){said}",
+            prompt=prompt, suggestions=tuple(trained)[:5], untrained_modality=True, steps=tuple(steps),
+            group={**group, "untrained": untrained})
 
 
 def _refuse(phrase: str, found: Refusal | None, text: str, reading: _Reading, prompt: str) -> None:
     if isinstance(found, Refusal):
+        group = None
+        if found.group is not None:
+            record = load().groups[found.group]
+            group = {"group": found.group, "members": list(record["members"]), "missing": list(record["missing"]),
+                     "rule": GROUP_RULE, "source": record["source"]}
         raise PromptResolutionError(found.message, prompt=prompt, suggestions=found.suggestions[:5],
-                                    steps=tuple(reading.steps))
+                                    steps=tuple(reading.steps), group=group)
     suggestions, leftover = _suggest_for(phrase, reading.modality)
     where = f" in {text!r}" if phrase != text else ""
     unread = f" ({', '.join(repr(w) for w in leftover)} not understood)" if leftover else ""
