@@ -112,6 +112,7 @@ def test_rib_cage_is_refused_with_its_reason_and_the_trained_members_suggested()
     ("glutael muscles", "ct", set(GLUTEI)),
     ("cerebral hemispheres on T1-weighted MRI", "mri", {"grey matter", "white matter", "deep grey matter"}),
     ("left heart and aorta", "ct", {"left heart atrium", "left heart ventricle", "aorta"}),
+    ("left heart and lungs", "ct", {"left heart atrium", "left heart ventricle", "lung"}),  # the name's side stays
     ("the four chambers of the heart", "ct",
      {"left heart atrium", "left heart ventricle", "right heart atrium", "right heart ventricle"}),
 ])

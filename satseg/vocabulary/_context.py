@@ -240,7 +240,8 @@ def _set_aside_regions(words: list[Word], drop: list[bool], prepositional: bool)
             continue
         j = i + 1  # "on prostate MRI", "on CT pulmonary angiography": words ending in imaging words
         while j < n and words[j].label in (REGION, CONTENT, FILLER, MODALITY, IMAGING) and not _is_boundary(words[j]):
-            if words[j].label == CONTENT and _LEVEL.match(words[j].canon):  # "at the L3 level": a vertebra level is a structure, never context
+            # "at the L3 level": a vertebra level is a structure, never context
+            if words[j].label == CONTENT and _LEVEL.match(words[j].canon):
                 break
             j += 1
         if j > i + 1 and words[j - 1].label in (MODALITY, IMAGING) and ends_here(j):

@@ -94,6 +94,8 @@ class ListReader:
         for segment, found in parts:
             words = phrase_key(segment).split()
             named = next((w for w in words if w in LATERALITY), None)
+            if isinstance(found, Match) and found.group and found.group.split()[0] in LATERALITY:
+                named = None  # "left heart and lungs": the side is part of the group's name, it carries nowhere
             if named or {"both", "bilateral"} & set(tokens(segment)) or not isinstance(found, Match):
                 side = named
                 out.append((segment, found))

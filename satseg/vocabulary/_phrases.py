@@ -1,11 +1,11 @@
-"""Matching one phrase, and a whole prompt as the fewest phrases that match (the resolver's core).
+"""Matching one phrase (the resolver's core); a whole prompt is split into phrases by :mod:`._lists`.
 
 Order for one phrase: TotalSegmentator class name (``kidney_left``), terminology entry (``ct_liver``), exact term
 after normalisation, alias (synonym, abbreviation, TotalSegmentator name, word form; an ambiguous alias is
-refused), rewrites of the key, fewest first (word order, word forms, a dropped or added "gland"/"bone"…, Latin and
-category-first order), vertebra/rib ranges, both sides, a finding on an organ (:mod:`satseg.vocabulary._findings`)
-and left + right when only sided terms exist. A prompt that is not one phrase is split at separators into the
-fewest phrases that all match; "grey and white matter" and "kidney tumor and cyst" share a word.
+refused), a named group (:mod:`._groups`, with or without a side), rewrites of the key, fewest first (a side on a
+term, word order, word forms, a dropped "gland"/"bone"…, Latin and category-first order, an implied head noun:
+"internal jugular" → vein, two completions are ambiguous), vertebra/rib ranges, both sides, a finding on an organ
+(:mod:`._findings`) and left + right when only sided terms exist.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 :func:`phrase_key` turns a phrase into a comparison key: lower case, punctuation as spaces, British spellings and
 plurals folded, ordinals as numbers after the structure ("first rib" → "rib 1"), and a lone laterality word moved
-to the front ("Kidneys (left)" → "left kidney"). Term names and user prompts go through the same function, so a key match means "the same phrase
-up to spelling". The key is never shown to users and never sent to the model.
+to the front ("Kidneys (left)" → "left kidney"). Term names and user prompts go through the same function, so a
+key match means "the same phrase up to spelling". The key is never shown to users and never sent to the model.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _SINGULAR = {
     "vertebrae": "vertebra", "atria": "atrium", "hippocampi": "hippocampus", "thalami": "thalamus",
     "femora": "femur", "humeri": "humerus", "scapulae": "scapula", "cochleae": "cochlea", "amygdalae": "amygdala",
     "bronchi": "bronchus", "bronchie": "bronchus", "nuclei": "nucleus", "lenses": "lens", "gyri": "gyrus",
-    "glutei": "gluteus", "testes": "testis", "ovaries": "ovary", "corpora": "corpus", "cavities": "cavity",
+    "testes": "testis", "ovaries": "ovary", "corpora": "corpus", "cavities": "cavity",
     "canals": "canal", "processes": "process", "sinuses": "sinus", "meninges": "meninx", "foramina": "foramen",
     "ganglia": "ganglion", "ribs": "rib", "vertebras": "vertebra", "discs": "disc", "disks": "disc", "disk": "disc",
     "metastases": "metastasis", "metastasi": "metastasis", "neoplasia": "neoplasm", "carcinomata": "carcinoma",

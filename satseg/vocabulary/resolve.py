@@ -1,14 +1,15 @@
 """Prompt → trained terms: read the prompt, match what names a structure, or refuse — never guess.
 
 A prompt is first matched as typed (:mod:`satseg.vocabulary._phrases`: exact terms, aliases, TotalSegmentator
-names, word order, word forms, ranges, both sides, findings, unions at ``,`` ``;`` ``+`` ``&`` ``/`` ``and``
-``or`` ``plus``). When that fails it is read word by word: a misspelled word is corrected where exactly one known
-word is close (:mod:`satseg.vocabulary._spelling`), imaging, task and filler words are set aside, then region
-phrases (:mod:`satseg.vocabulary._context`), and what is left must match completely. Every word is accounted for
-— matched, set aside as context, or corrected — or the prompt is refused with suggestions
-(:mod:`satseg.vocabulary._suggest`): never a match on part of the words. A modality named in the prompt that
-contradicts the scan's is refused, and so is a term not trained on the scan's modality unless
-``allow_untrained_modality``. The :class:`Resolution` records every step (``--explain`` prints them).
+names, named groups, word order, word forms, implied head nouns, ranges, both sides, findings, unions at ``,``
+``;`` ``+`` ``&`` ``/`` ``and`` ``or`` ``plus``). When that fails it is read word by word: a misspelled word is
+corrected where exactly one known word is close (:mod:`satseg.vocabulary._spelling`), imaging, task and filler
+words are set aside, then region phrases (:mod:`satseg.vocabulary._context`), and what is left must match
+completely. Every word is accounted for — matched, set aside as context, or corrected — or the prompt is refused
+with suggestions (:mod:`satseg.vocabulary._suggest`): never a match on part of the words. A modality named in the
+prompt that contradicts the scan's is refused, and so is a term not trained on the scan's modality unless
+``allow_untrained_modality`` (:mod:`satseg.vocabulary._modality`; a named group with such a member is refused
+whole, naming it). The :class:`Resolution` records every step (``--explain`` prints them).
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from satseg.errors import PromptError
 from satseg.vocabulary import _context, _findings, _lexicon
 from satseg.vocabulary._groups import RULE as GROUP_RULE
-from satseg.vocabulary._phrases import (
-    ADDABLE_SUFFIX,
-    DROPPABLE_SUFFIX,
-    Ambiguous,
-    Refusal,
-    resolved,
-    resolver_for,
+from satseg.vocabulary._modality import (
+    check_group_modality,
+    check_named_modality,
+    groups_read,
+    modality_check,
+    modality_name,
 )
+from satseg.vocabulary._phrases import Ambiguous, Refusal, resolved, resolver_for
+from satseg.vocabulary._resolution import PromptResolutionError, Resolution
 from satseg.vocabulary._spelling import Speller
 from satseg.vocabulary._suggest import suggest
-from satseg.vocabulary._text import LATERALITY, canonical, phrase_key, tokens
+from satseg.vocabulary._text import canonical, phrase_key, tokens
 from satseg.vocabulary.catalog import Vocabulary, load, normalize_modality
 
 __all__ = ["PromptResolutionError", "Resolution", "resolve", "suggest"]
@@ -37,52 +38,6 @@ __all__ = ["PromptResolutionError", "Resolution", "resolve", "suggest"]
 _EXTRA_KNOWN = ("both", "bilateral", "left", "right", "lt", "rt", "l", "r", "to", "through", "thru", "until",
                 "and", "or", "plus", "as", "well", "sided", "side", "vertebra", "level", "from", "segment",
                 "couinaud", "muscle", "bone", "gland", "organ", "hemisphere", "sinister", "dexter")
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """How a prompt became the trained terms sent to the model (their masks are unioned)."""
-
-    prompt: str  # as given
-    terms: tuple[str, ...]  # trained term names, lower case as in SAT's terminology list
-    method: str  # "exact" | "synonym" | "word dropped" ("prostate gland" → prostate) | "totalsegmentator" |
-    #              "abbreviation" | "vertebra level" ("L3") | "composition" | "finding" | "group" | "free-text"
-    modality: str | None = None
-    warnings: tuple[str, ...] = ()
-    explanation: str = ""
-    context: tuple[str, ...] = ()  # words set aside, as "modality: 'contrast enhanced ct'"
-    corrections: tuple[str, ...] = ()  # "'splen' → 'spleen'"
-    steps: tuple[str, ...] = ()  # how it was read, in order (what --explain shows)
-    groups: tuple[dict, ...] = ()  # named groups read: {"group", "phrase", "members", "rule", "source"}
-
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "terms": list(self.terms), "method": self.method,
-                "modality": self.modality, "warnings": list(self.warnings), "explanation": self.explanation,
-                "context": list(self.context), "corrections": list(self.corrections), "steps": list(self.steps),
-                "groups": [dict(g) for g in self.groups]}
-
-
-class PromptResolutionError(PromptError):
-    """A prompt that resolves to no trained term (``suggestions``: up to 5 close terms, the likeliest first), to
-    two structures (``ambiguous`` is True and ``suggestions`` lists the meanings), or to a term not trained on the
-    scan's modality (``untrained_modality`` is True). ``steps`` says how far the reading got."""
-
-    def __init__(self, message: str, *, prompt: str, suggestions: tuple[str, ...] = (), ambiguous: bool = False,
-                 untrained_modality: bool = False, steps: tuple[str, ...] = (), group: dict | None = None):
-        super().__init__(message)
-        self.prompt = prompt
-        self.suggestions = tuple(suggestions)
-        self.ambiguous = ambiguous
-        self.untrained_modality = untrained_modality
-        self.steps = tuple(steps)
-        self.group = group  # the named group refused: {"group", "members", "missing", "rule", "source"}
-
-    def to_dict(self) -> dict:
-        out = {"prompt": self.prompt, "refused": str(self), "suggestions": list(self.suggestions),
-               "ambiguous": self.ambiguous, "untrained_modality": self.untrained_modality, "steps": list(self.steps)}
-        if self.group is not None:
-            out["group"] = dict(self.group)
-        return out
 
 
 @lru_cache(maxsize=1)
@@ -104,10 +59,6 @@ def _is_name(phrase: str) -> bool:
     return key in v.term_by_key or key in v.aliases or key in v.group_keys
 
 
-def _upper(modality: str) -> str:
-    return "/".join(m.upper() for m in modality.split("+"))
-
-
 @dataclass
 class _Reading:
     parts: list
@@ -126,7 +77,7 @@ def _read(text: str, modality: str | None, prompt: str) -> _Reading:
     reading = _Reading(parts, modality)
     named = _context.named_modalities(words)
     if named:
-        modality = _check_named_modality(named, modality, prompt)
+        modality = check_named_modality(named, modality, prompt)
         if modality != reading.modality:
             reading.steps.append(f"modality {modality.upper()} taken from the prompt")
         reading.modality = modality
@@ -251,53 +202,6 @@ def _candidates(speller: Speller, word: _context.Word) -> list[str]:
     return [c for c in candidates if nouns[c] == c or nouns[c] not in candidates]
 
 
-def _check_named_modality(named: list[tuple[str, str]], modality: str | None, prompt: str) -> str | None:
-    """The scan's modality, after checking the modalities the prompt names against it."""
-    if modality is not None:
-        for word, names in named:
-            if modality not in names.split("+"):
-                raise PromptResolutionError(
-                    f"{prompt!r} names {_upper(names)} ({word!r}) but the scan's modality is {modality.upper()}; "
-                    f"drop {word!r} from the prompt or give --modality {names.split('+')[0]}", prompt=prompt)
-        return modality
-    values = {names for _, names in named}
-    if len(values) == 1 and "+" not in next(iter(values)):
-        return next(iter(values))
-    return None
-
-
-def _modality_name(term: str, modality: str | None, vocabulary: Vocabulary, steps: list[str]) -> str:
-    """The name the same structure was trained under on ``modality`` where the term itself was not ("femur" on
-    CT is "femur bone" on MRI): the term with or without a suffix such as "bone" or "gland"."""
-    if modality is None or modality in vocabulary.modalities_of(term):
-        return term
-    head, _, last = term.rpartition(" ")
-    for other in [f"{term} {s}" for s in ADDABLE_SUFFIX] + ([head] if last in DROPPABLE_SUFFIX else []):
-        if other in vocabulary.terms and modality in vocabulary.modalities_of(other):
-            steps.append(f"{term!r} is trained on {modality.upper()} as {other!r}")
-            return other
-    return term
-
-
-def _modality_check(terms: tuple[str, ...], modality: str | None, vocabulary: Vocabulary, allow: bool,
-                    prompt: str, steps: list[str]) -> list[str]:
-    untrained = [t for t in terms if modality is not None and modality not in vocabulary.modalities_of(t)]
-    if not untrained:
-        return []
-    per_term = [f"{t!r} was trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only, not on "
-                f"{modality.upper()}" for t in untrained]
-    said = "; ".join(per_term)
-    if not allow:
-        words = {w for t in untrained for w in t.split() if w not in LATERALITY and not w.isdigit()}
-        options = tuple(n for n in suggest(untrained[0], k=40, modality=modality)  # same structure words only
-                        if modality in vocabulary.modalities_of(n) and words & set(n.split()))[:5]
-        nearby = f"; trained on {modality.upper()}: {', '.join(options)}" if options else ""
-        raise PromptResolutionError(
-            f"{said}: its mask would be unreliable, so it is refused (pass --allow-untrained-modality to run it "
-            f"anyway){nearby}", prompt=prompt, suggestions=options, untrained_modality=True, steps=tuple(steps))
-    return [f"{s}; expect unreliable masks (run with --allow-untrained-modality)" for s in per_term]
-
-
 def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False,
             allow_untrained_modality: bool = False) -> Resolution:
     """Resolve a user prompt to trained SAT term names.
@@ -320,7 +224,7 @@ def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False
             f"free text {text!r} is sent to the text encoder unchanged; the released SAT models only know their "
             f"{len(vocabulary.terms)} trained terms, so the mask may be meaningless"]
         if is_term:
-            warnings += _modality_check((vocabulary.term_by_key[phrase_key(text)],), modality, vocabulary,
+            warnings += modality_check((vocabulary.term_by_key[phrase_key(text)],), modality, vocabulary,
                                         allow_untrained_modality, str(prompt), [])
         return Resolution(str(prompt), (text,), "free-text", modality, tuple(warnings),
                           f"{text!r} sent as given (--free-text)", steps=("sent as given (--free-text)",))
@@ -349,44 +253,13 @@ def resolve(prompt: str, modality: str | None = None, *, free_text: bool = False
     else:
         explanation = f"{text!r} = {prefix}union of " + "; ".join(
             f"{phrase!r} → {', '.join(found.terms)} ({found.how})" for phrase, found in parts)
-    terms = tuple(dict.fromkeys(_modality_name(t, reading.modality, vocabulary, steps) for t in terms))
-    groups = _groups_read(parts, reading.modality, vocabulary)
+    terms = tuple(dict.fromkeys(modality_name(t, reading.modality, vocabulary, steps) for t in terms))
+    groups = groups_read(parts, reading.modality, vocabulary)
     if not allow_untrained_modality:
-        _check_group_modality(groups, reading.modality, vocabulary, str(prompt), steps)
-    warnings = _modality_check(terms, reading.modality, vocabulary, allow_untrained_modality, str(prompt), steps)
+        check_group_modality(groups, reading.modality, vocabulary, str(prompt), steps)
+    warnings = modality_check(terms, reading.modality, vocabulary, allow_untrained_modality, str(prompt), steps)
     return Resolution(str(prompt), terms, method, reading.modality, tuple(warnings), explanation,
                       tuple(reading.context), tuple(reading.corrections), tuple(steps), groups)
-
-
-def _groups_read(parts: list, modality: str | None, vocabulary: Vocabulary) -> tuple[dict, ...]:
-    """The named groups among the phrases, with the members read (in the scan's modality's names)."""
-    out = []
-    for phrase, found in parts:
-        if found.group is not None:
-            members = [_modality_name(t, modality, vocabulary, []) for t in found.terms]
-            out.append({"group": found.group, "phrase": phrase, "members": list(dict.fromkeys(members)),
-                        "rule": GROUP_RULE, "source": vocabulary.groups[found.group]["source"]})
-    return tuple(out)
-
-
-def _check_group_modality(groups: tuple[dict, ...], modality: str | None, vocabulary: Vocabulary, prompt: str,
-                          steps: list[str]) -> None:
-    """A group with a member not trained on the scan's modality is refused whole, naming those members."""
-    for group in groups:
-        members = group["members"]
-        untrained = [t for t in members if modality is not None and modality not in vocabulary.modalities_of(t)]
-        if not untrained:
-            continue
-        trained = [t for t in members if t not in untrained]
-        where = "; ".join(f"{t!r} (trained on {'/'.join(m.upper() for m in vocabulary.modalities_of(t))} only)"
-                          for t in untrained)
-        said = f"; trained on {modality.upper()}: {', '.join(trained)}" if trained else ""
-        raise PromptResolutionError(
-            f"{group['phrase']!r} is the group {group['group']!r} ({len(members)} members); on "
-            f"{modality.upper()} {len(untrained)} of them are not trained: {where}. The group is refused rather "
-            f"than segmented in part (pass --allow-untrained-modality to run all members anyway){said}",
-            prompt=prompt, suggestions=tuple(trained)[:5], untrained_modality=True, steps=tuple(steps),
-            group={**group, "untrained": untrained})
 
 
 def _refuse(phrase: str, found: Refusal | None, text: str, reading: _Reading, prompt: str) -> None:
