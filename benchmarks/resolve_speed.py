@@ -3,11 +3,11 @@
 
     python benchmarks/resolve_speed.py [--prompts 1000] [--no-cli]
 
-Builds 1,000 distinct prompts deterministically from the vocabulary in five styles (trained terms as written;
+Builds 1,000 distinct prompts deterministically from the vocabulary in six styles (trained terms as written;
 descriptive sentences around them; TotalSegmentator word order; one-letter misspellings; findings and prompts
-that are refused), loads the vocabulary, then times one pass over them in a fresh process (nothing cached but the
-vocabulary). Prints the load time, the total and per-style times, and the wall time of ``satseg terms --explain``
-for three prompts. CPU only; no torch.
+that are refused; named groups), loads the vocabulary, then times one pass over them in a fresh process (nothing
+cached but the vocabulary). Prints the load time, the total and per-style times, and the wall time of ``satseg
+terms --explain`` for four prompts. CPU only; no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ TEMPLATES = (
 )
 REFUSED = ("banana", "kidney stone", "thoracic aorta", "liver fat fraction", "segment everything", "left spleen",
            "thyroid nodule", "bone metastases", "hepatic vein", "liver volume")
+GROUPS = ("left heart", "heart chambers on cardiac CT", "lobes of the right lung", "left gluteal muscles",
+          "abdominal veins", "liver segments", "liver lobes", "left cerebrum", "inner ears", "right internal jugular")
 FINDINGS = ("renal mass", "hepatic metastases", "focal liver lesion", "pancreatic adenocarcinoma",
             "lung nodules", "brain metastases", "myocardial lesions", "colon carcinoma", "tumour lesions",
             "cyst of the right kidney")
@@ -66,6 +68,8 @@ def prompts(n: int) -> list[tuple[str, str, str | None]]:
             add("misspelling", " ".join(words), None)
     for prompt in FINDINGS + REFUSED:
         add("finding/refused", prompt, "ct")
+    for prompt in GROUPS:
+        add("group", prompt, "ct")
     rng.shuffle(out)
     while len(out) < n:  # more than enough in practice; repeat with a suffix if a vocabulary is small
         style, prompt, modality = out[len(out) % len(seen)]
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {style:16} {len(times):4d} prompts  {sum(times) * 1000:7.1f} ms  "
               f"(mean {sum(times) / len(times) * 1000:.2f} ms, max {max(times) * 1000:.1f} ms)")
     if not args.no_cli:
-        for prompt in ("Pancreas in contrast-enhanced abdominal CT", "renal masses", "splen"):
+        for prompt in ("Pancreas in contrast-enhanced abdominal CT", "renal masses", "splen", "left gluteal muscels"):
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "satseg.cli.main", "terms", "--explain", prompt, "-m", "ct"],
                            capture_output=True, check=False)
