@@ -5,17 +5,21 @@
     >>> predictor = satseg.Predictor.from_pretrained("sat-nano")             # load once ...
     >>> for path in cohort:
     ...     result = predictor.segment(path, ["liver"])                      # ... segment many
+    >>> predictor.set_scan("scan.nii.gz")                                      # one scan, the backbone once ...
+    >>> predictor.predict(["liver"]); predictor.predict(["aorta", "spleen"])  # ... then any prompts, cheaply
+    >>> satseg.segment_files(cohort, "out/", ["liver"])                       # a cohort, pipelined, into folders
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from satseg.inference.engine import segment_files
 from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
 from satseg.inference.predictor import Predictor, Segmentation
 from satseg.io.volume import Volume
 
-__all__ = ["segment", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions"]
+__all__ = ["segment", "segment_files", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions"]
 
 
 def segment(scan, prompts: list[str] | str, *, model: str | Predictor = "sat-nano",

@@ -54,7 +54,7 @@ def test_masks_come_back_on_the_input_grid_for_an_lps_mr(predictor, reference_fi
 def test_composite_prompt_is_the_union_of_its_terms(predictor, reference_files):
     path = reference_files / "example_ct_sm.nii.gz"
     result = predictor.segment(path, ["liver", "spleen", "liver and spleen"], probabilities=True)
-    assert result.resolutions[2]["terms"] == ["liver", "spleen"]
+    assert result.prompts[2].terms == ("liver", "spleen")
     union = np.maximum(result.probabilities["liver"], result.probabilities["spleen"])
     np.testing.assert_allclose(result.probabilities["liver_and_spleen"], union, atol=1e-6)
     np.testing.assert_array_equal(result.masks["liver_and_spleen"], result.masks["liver"] | result.masks["spleen"])

@@ -62,9 +62,12 @@ def segment(
     preview: bool = PREVIEW,
     report: Path = typer.Option(None, "--report", help="Write a run report (JSON) to this path."),
 ) -> None:
+    from satseg.errors import SatsegError
+    from satseg.inference.cohort import Case
+    from satseg.inference.engine import CohortOptions, Hooks, segment_files
     from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
     from satseg.inference.prepare import prepare_case
-    from satseg.outputs.case import OutputOptions, check_output_dir, run_report, write_segmentation
+    from satseg.outputs.case import OutputOptions, check_output_dir
 
     started = time.perf_counter()
     # Everything the user can get wrong is checked before the scan is read, a model is loaded or the network is
@@ -78,29 +81,21 @@ def segment(
     scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
     prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
     stage(f"reading {scan}")
-    case = prepare_case(scan, prompts or [], scan_options, prompt_options)
-    for warning in case.warnings:
-        log.warning(warning)
-
-    from satseg.inference.predictor import Predictor
-
+    prepared = prepare_case(scan, prompts or [], scan_options, prompt_options)  # refused here: exit 2, no output
     runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
                              prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
-    load_start = time.perf_counter()
-    stage(f"loading model {model}")
-    predictor = Predictor.from_pretrained(model, runtime)
-    load_s = time.perf_counter() - load_start
-    stage(f"segmenting {len(case.prompts)} prompt(s) on {predictor.device}")
-    result = predictor.segment_prepared(case, probabilities=probabilities, progress=window_progress(case.volume.name))
-    result.timings = {"read": case.read_s, "load_model": load_s, **result.timings}
     options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
                             report=str(report) if report else None)
-    report_data = run_report(result, predictor) if report else None
-    stage(f"writing to {out}")
-    written = write_segmentation(result, out, options, report=report_data)
-    found = sum(int(m.any()) for m in result.masks.values())
-    typer.echo(f"{case.volume.name}: {len(result.masks)} structure(s), {found} found, {len(written)} file(s) in {out} "
-               f"({time.perf_counter() - started:.1f} s)")
+    case = Case(path=scan, name=prepared.volume.name, prompts=list(prompts or []), modality=modality,
+                orientation=orientation, prepared=prepared)
+    [outcome] = segment_files([case], out, model=model, runtime=runtime, prompt_options=prompt_options,
+                              outputs=options, hooks=Hooks(stage=stage, progress=window_progress),
+                              cohort=CohortOptions(read_workers=0, write_threads=0, overwrite=True,
+                                                   case_folders=False, table=None))
+    if outcome.status == "failed":  # the case's own error, as `satseg SCAN` has always raised it
+        raise outcome.exception or SatsegError(outcome.detail)
+    typer.echo(f"{case.name}: {outcome.structures} structure(s), {outcome.found} found, {len(outcome.written)} "
+               f"file(s) in {out} ({time.perf_counter() - started:.1f} s)")
 
 
 def check_model_name(model: str, *, device: str = "auto", precision: str = "auto") -> None:

@@ -36,6 +36,9 @@ class Case:
     extra: dict = field(default_factory=dict)
     origin: str | None = None
     """Where the case was named: ``jobs.jsonl:3`` (file and line), for messages."""
+    prepared: object = None
+    """The case already read and its prompts resolved (a :class:`~satseg.inference.prepare.PreparedCase`), e.g. by
+    ``satseg SCAN`` to refuse bad input before anything else: the engine does not read it again."""
 
 
 def is_scan_path(path: Path) -> bool:
@@ -232,3 +235,16 @@ def select_shard(cases: list[Case], shard: tuple[int, int] | None) -> list[Case]
     ordered = sorted(cases, key=lambda c: c.name)
     chosen = {c.name for i, c in enumerate(ordered) if i % n == k - 1}
     return [c for c in cases if c.name in chosen]
+
+
+def local_device(device: str, environ=None) -> str:
+    """Under torchrun on a machine with GPUs, ``--device auto`` is this process's own GPU (``LOCAL_RANK``)."""
+    env = os.environ if environ is None else environ
+    local_rank = env.get("LOCAL_RANK")
+    if (device or "auto").lower() != "auto" or local_rank is None or not local_rank.isdigit():
+        return device
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > int(local_rank):
+        return f"cuda:{local_rank}"
+    return device

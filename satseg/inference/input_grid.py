@@ -11,16 +11,16 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def prompts_on_input_grid(term_probs: torch.Tensor, terms: list[str], resolutions: list[dict], record,
+def prompts_on_input_grid(term_probs: torch.Tensor, terms: list[str], prompt_terms: list, record,
                           threshold: float, with_maps: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(mask, probability map or None) on the input grid for each prompt, in the order of ``resolutions``.
+    """(mask, probability map or None) on the input grid for each prompt, in the order of ``prompt_terms``.
 
     Args:
         term_probs: (T, H, W, D) float32 probabilities on the model grid, one per entry of ``terms`` (on the
             CPU, or on the GPU where they were summed).
         terms: the trained terms, in the order of ``term_probs``.
-        resolutions: one per prompt: ``{"terms": [...], ...}``. A composite prompt ("kidneys") is the union of
-            its terms: the voxel-wise maximum of their probabilities.
+        prompt_terms: one per prompt: the trained terms it resolved to. A composite prompt ("kidneys") is the
+            union of its terms: the voxel-wise maximum of their probabilities.
         record: the preprocessing record of the scan.
         threshold: a voxel is in the mask when its probability is above it.
         with_maps: also return the float32 probability maps (Fortran-ordered, like the masks).
@@ -32,19 +32,19 @@ def prompts_on_input_grid(term_probs: torch.Tensor, terms: list[str], resolution
 
     index = {t: i for i, t in enumerate(terms)}
 
-    def back(resolution):
-        prob = term_probs[[index[t] for t in resolution["terms"]]].amax(dim=0)
+    def back(its_terms):
+        prob = term_probs[[index[t] for t in its_terms]].amax(dim=0)
         if prob.device.type != "cpu":  # on the GPU: interpolated there, thresholded before the transfer
             return back_on_gpu(record, prob, threshold, with_maps)
         return back_on_cpu(record, prob.numpy(), threshold, with_maps)
 
-    workers = 1 if term_probs.device.type != "cpu" else parallel_workers(len(resolutions))
+    workers = 1 if term_probs.device.type != "cpu" else parallel_workers(len(prompt_terms))
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(back, resolutions))
-    return [back(resolution) for resolution in resolutions]
+            return list(pool.map(back, prompt_terms))
+    return [back(its_terms) for its_terms in prompt_terms]
 
 
 def back_on_gpu(record, prob: torch.Tensor, threshold: float, want_map: bool):

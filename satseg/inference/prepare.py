@@ -12,13 +12,10 @@ import numpy as np
 
 from satseg.errors import InputError
 from satseg.inference.options import PromptOptions, ScanOptions
+from satseg.inference.prompts import RESERVED_NAMES, Prompt, resolve_prompts  # noqa: F401 - RESERVED_NAMES re-exported
 from satseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
-
-# Files a case folder may hold besides the masks: no prompt may be named like them.
-RESERVED_NAMES = frozenset({"segmentation", "statistics", "preview", "report", "probabilities"})
-
 
 @dataclass
 class PreparedCase:
@@ -26,20 +23,21 @@ class PreparedCase:
 
     Attributes:
         volume, modality: the scan as read and the modality the model will be told.
-        prompts, names, resolutions: the user's prompts, their output names and their resolution (dicts).
+        prompts: one :class:`~satseg.inference.prompts.Prompt` per user prompt (text, output name, resolution).
         warnings: what reading the scan and resolving the prompts warned about.
         read_s: seconds spent reading and validating the scan.
+        model_grid: ``(image, GridRecord)`` when the scan was already brought to the model grid and normalised
+            (by a cohort's read-ahead worker), else ``None``.
     """
 
     volume: Volume
     modality: str
-    prompts: list[str]
-    names: list[str]
-    resolutions: list[dict]
+    prompts: list[Prompt]
     scan_options: ScanOptions
     prompt_options: PromptOptions
     warnings: list[str] = field(default_factory=list)
     read_s: float = 0.0
+    model_grid: tuple | None = None
 
 
 def prepare_case(scan: Volume | str | Path, prompts: list[str], scan_options: ScanOptions | None = None,
@@ -50,11 +48,10 @@ def prepare_case(scan: Volume | str | Path, prompts: list[str], scan_options: Sc
     started = time.perf_counter()
     volume, modality, warnings = prepare_scan(scan, scan_options)
     read_s = time.perf_counter() - started
-    resolutions, names = prepare_prompts(list(prompts or []), modality, prompt_options)
-    warnings += [w for r in resolutions for w in r["warnings"]]
-    return PreparedCase(volume=volume, modality=modality, prompts=list(prompts), names=names,
-                        resolutions=resolutions, scan_options=scan_options, prompt_options=prompt_options,
-                        warnings=warnings, read_s=read_s)
+    resolved = resolve_prompts(list(prompts or []), modality, prompt_options)
+    warnings += [w for p in resolved for w in p.warnings]
+    return PreparedCase(volume=volume, modality=modality, prompts=resolved, scan_options=scan_options,
+                        prompt_options=prompt_options, warnings=warnings, read_s=read_s)
 
 
 def prepare_scan(scan: Volume | str | Path, options: ScanOptions) -> tuple[Volume, str, list[str]]:
@@ -83,22 +80,6 @@ def prepare_scan(scan: Volume | str | Path, options: ScanOptions) -> tuple[Volum
     return volume, modality, warnings
 
 
-def prepare_prompts(prompts: list[str], modality: str, options: PromptOptions) -> tuple[list[dict], list[str]]:
-    """Resolve every prompt to trained terms (or refuse) → ``(resolutions as dicts, output names)``."""
-    from satseg.outputs import output_names
-    from satseg.vocabulary import resolve
-
-    prompts = [p for p in (prompts or []) if p is not None]
-    if not prompts or not any(p.strip() for p in prompts):
-        raise InputError("no prompt given: add at least one -p/--prompt (see `satseg terms` for what the models know)")
-    blank = [p for p in prompts if not p.strip()]
-    if blank:
-        raise InputError("an empty prompt was given; every -p/--prompt needs a structure name")
-    resolutions = [resolve(p, modality, free_text=options.free_text,
-                           allow_untrained_modality=options.allow_untrained_modality).to_dict() for p in prompts]
-    return resolutions, output_names(prompts, reserved=RESERVED_NAMES)
-
-
 def choose_orientation(volume: Volume, requested: str) -> str:
     """``auto``: RAS, or ASR when the scan is a sagittal acquisition (slices along left–right)."""
     requested = (requested or "auto").upper()
@@ -112,3 +93,13 @@ def choose_orientation(volume: Volume, requested: str) -> str:
         log.info("sagittal acquisition (slices along left-right): using ASR orientation")
         return "ASR"
     return "RAS"
+
+
+def on_model_grid(volume: Volume, modality: str, orientation: str, spacing) -> tuple[np.ndarray, object]:
+    """``(image, record)``: the scan resampled to the model grid on the CPU (:func:`~satseg.geometry.to_model_grid`,
+    scipy) and normalised for ``modality``: what the predictor does on the CPU, in any process."""
+    from satseg.geometry import to_model_grid
+    from satseg.intensity import normalize
+
+    raw, record = to_model_grid(volume, orientation=orientation, spacing_mm=tuple(spacing))
+    return normalize(raw, modality), record

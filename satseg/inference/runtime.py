@@ -3,6 +3,8 @@ that dtype, and the memory layout of windows and weights."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from satseg.errors import SatsegError
@@ -89,3 +91,32 @@ def prepare_layout(model, device: torch.device, autocast: torch.dtype | None):
     """Put the model's weights in :func:`window_layout`; returns the model."""
     return model.to(memory_format=window_layout(device, autocast))
 
+
+@dataclass
+class DeviceState:
+    """Where the model runs and in what form: the one place device, precision and weight-layout state live.
+
+    Attributes:
+        device: the torch device.
+        autocast: the autocast dtype (``None``: float32).
+        conv_dtype: the dtype the convolution weights are stored in now (``None``: float32).
+        fp32_convs: their float32 originals (on the CPU) while they are cast.
+        layout_for: (device, autocast, compiled) the weights were last laid out for.
+        encode: the compiled image side, when ``--compile`` is on.
+    """
+
+    device: torch.device
+    autocast: torch.dtype | None
+    conv_dtype: torch.dtype | None = None
+    fp32_convs: dict = field(default_factory=dict)
+    layout_for: tuple | None = None
+    encode: object = None
+
+
+def default_feature_budget() -> int:
+    """Bytes of backbone features :meth:`Predictor.set_scan` keeps: a quarter of the memory this process can still
+    get, at most 4 GiB (when memory is unknown: 1 GiB)."""
+    from satseg.io.memory import _available_memory
+
+    available = _available_memory()
+    return min(4 << 30, available // 4) if available else 1 << 30

@@ -124,7 +124,7 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
     from satseg.outputs.statistics import compute_statistics, write_statistics
 
     if request is None:
-        request = case_request(prompts=seg.prompts, model=seg.model, options=options, input_path=seg.volume.source)
+        request = case_request(prompts=[p.text for p in seg.prompts], model=seg.model, options=options, input_path=seg.volume.source)
     out_dir = _make_output_dir(out_dir)
     staging = prepare_folder(out_dir)
     try:
@@ -140,8 +140,8 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
             if options.multilabel:
                 ml = staging / "segmentation.nii.gz"
                 write_multilabel(seg.masks, seg.volume, ml, probabilities=seg.probabilities,
-                                 prompts=dict(zip(seg.names, seg.prompts)),
-                                 terms={n: r["terms"] for n, r in zip(seg.names, seg.resolutions)})
+                                 prompts={p.output_name: p.text for p in seg.prompts},
+                                 terms={p.output_name: list(p.terms) for p in seg.prompts})
                 written += [ml.name, legend_sidecar_path(ml).name]
             if options.statistics:
                 statistics = statistics if statistics is not None else compute_statistics(seg.masks, seg.volume)
@@ -164,7 +164,7 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
             files = {rel: _file_record(staging / rel) for rel in written}
         except OSError as exc:
             raise _write_error(exc, out_dir) from exc
-        structures = None if statistics is None else structure_summary(statistics, dict(zip(seg.names, seg.prompts)))
+        structures = None if statistics is None else structure_summary(statistics, {p.output_name: p.text for p in seg.prompts})
         install(out_dir, staging, files, request, report=report_entry, structures=structures)
         final = [out_dir / rel for rel in written]
         if report_entry is not None:
@@ -198,8 +198,8 @@ def run_report(seg, predictor, *, extra: dict | None = None) -> dict:
         "input": {"path": str(seg.volume.source) if seg.volume.source else None, "shape": list(seg.volume.shape),
                   "spacing_mm": list(seg.volume.spacing_mm), "reader": seg.volume.meta},
         "modality": seg.modality,
-        "prompts": [dict(r, output=n) for n, r in zip(seg.names, seg.resolutions)],
-        "grid": seg.grid,
+        "prompts": [p.to_dict() for p in seg.prompts],
+        "grid": seg.grid_dict(),
         "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
         "warnings": seg.warnings,
     }

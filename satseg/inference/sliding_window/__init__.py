@@ -13,7 +13,13 @@ Upstream's plain loop, the reference the loop is tested against, lives in ``test
 
 from satseg.inference.sliding_window.accumulate import GPU_SUMS_SHARE, ProbabilityAccumulator, accumulation_place
 from satseg.inference.sliding_window.importance import GAUSSIAN_PEAK, gaussian_importance
-from satseg.inference.sliding_window.loop import WindowStats, crop_per_pixel, group_identical_windows, sliding_window
+from satseg.inference.sliding_window.loop import (
+    FeatureCache,
+    WindowStats,
+    crop_per_pixel,
+    group_identical_windows,
+    sliding_window,
+)
 from satseg.inference.sliding_window.positions import (
     SAT_STRIDE,
     SAT_WINDOW,
@@ -28,6 +34,7 @@ from satseg.inference.sliding_window.positions import (
 __all__ = [
     "GAUSSIAN_PEAK",
     "GPU_SUMS_SHARE",
+    "FeatureCache",
     "SAT_STRIDE",
     "SAT_WINDOW",
     "Box",

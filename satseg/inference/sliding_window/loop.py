@@ -47,6 +47,41 @@ class WindowStats:
     decode_s: float = 0.0
 
 
+class FeatureCache:
+    """Backbone features of one scan's windows, kept for later prompts up to a byte budget.
+
+    :meth:`~satseg.inference.predictor.Predictor.set_scan` makes one; every later
+    :meth:`~satseg.inference.predictor.Predictor.predict` on the scan decodes against the features kept here and
+    runs the backbone again only for the windows that did not fit. Features are the very tensors the first pass
+    decoded, so the probabilities are bit-identical either way.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = max(0, int(budget_bytes))
+        self.used = 0
+        self._entries: dict[tuple, object] = {}
+
+    @staticmethod
+    def key(boxes: Sequence[Box]) -> tuple:
+        return tuple((s.start, s.stop) for box in boxes for s in box)
+
+    def get(self, boxes: Sequence[Box]):
+        return self._entries.get(self.key(boxes))
+
+    def put(self, boxes: Sequence[Box], features) -> bool:
+        """Keep ``features`` of the windows ``boxes`` if they fit in what is left of the budget."""
+        size = features.tokens.numel() * features.tokens.element_size() + sum(
+            t.numel() * t.element_size() for t in features.per_pixel)
+        if self.key(boxes) in self._entries or self.used + size > self.budget:
+            return False
+        self._entries[self.key(boxes)] = features
+        self.used += size
+        return True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def group_identical_windows(volume: torch.Tensor, boxes: Sequence[Box], window: Sequence[int]) -> list[list[Box]]:
     """Boxes grouped by the exact content of their zero-padded window, in order of first appearance.
 
@@ -82,7 +117,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
                    progress: Callable[[int, int], None] | None = None,
                    memoise: bool = True, stats: WindowStats | None = None,
                    accumulate: tuple[torch.device | str, torch.dtype] | None = None,
-                   keep_on_device: bool = False, encode: Callable | None = None) -> torch.Tensor:
+                   keep_on_device: bool = False, encode: Callable | None = None,
+                   features: FeatureCache | None = None) -> torch.Tensor:
     """SAT's sliding-window probabilities, skipping only provably redundant work.
 
     Args:
@@ -100,6 +136,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
         keep_on_device: when the sums are on the GPU, return the probabilities there (divided in place, no
             copy) instead of on the CPU.
         encode: the image side to run (default ``model.encode_image``; e.g. a compiled version of it).
+        features: backbone features kept from an earlier pass over the same image (:class:`FeatureCache`): used
+            where present, and filled while its budget lasts.
 
     Returns:
         (N, H, W, D) float32 probabilities on the CPU (or where the sums are, with ``keep_on_device``).
@@ -128,17 +166,22 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
     with torch.inference_mode(), cast:
         for first in range(0, len(groups), batch):
             members = groups[first:first + batch]
-            patches = extract_windows(volume, [group[0] for group in members], window).to(device)
-            patches = patches.expand(-1, 3, -1, -1, -1).contiguous(memory_format=layout)
+            leaders = [group[0] for group in members]
             start_time = time.perf_counter()
-            features = encode(patches)
+            computed = features.get(leaders) if features is not None else None
+            if computed is None:
+                patches = extract_windows(volume, leaders, window).to(device)
+                patches = patches.expand(-1, 3, -1, -1, -1).contiguous(memory_format=layout)
+                computed = crop_per_pixel(encode(patches), [box for group in members for box in group])
+                del patches
+                if features is not None:
+                    features.put(leaders, computed)
             _sync(device)
             stats.backbone_s += time.perf_counter() - start_time
             start_time = time.perf_counter()
-            features = crop_per_pixel(features, [box for group in members for box in group])
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
-                logits = model.decode(features, queries[start:stop].to(features.tokens.dtype))
+                logits = model.decode(computed, queries[start:stop].to(computed.tokens.dtype))
                 if isinstance(logits, list):  # a model built with deep supervision: the full-resolution head
                     logits = logits[0]
                 probs, spare = _probabilities(logits, spare)
@@ -146,7 +189,7 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
                     for i, box in enumerate(group):  # the last box may weight the probabilities in place
                         accumulator.add(box, window_probs, prompts=slice(start, stop), scratch=i == len(group) - 1)
                 del logits, probs
-            del features
+            del computed
             _sync(device)
             stats.decode_s += time.perf_counter() - start_time
             done += sum(len(group) for group in members)

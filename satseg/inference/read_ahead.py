@@ -1,0 +1,148 @@
+"""Reading and preprocessing cases ahead of the model, in worker processes.
+
+A read job is plain data (path, prompts, options, the model grid's spacing); its answer is the
+:class:`~satseg.inference.prepare.PreparedCase` (with the scan already on the model grid when the model runs on the
+CPU, so the model's process only runs the model) or the case's error as text, and the warnings the worker logged.
+Errors travel as text: satseg's exceptions carry keyword arguments that do not survive pickling, and a failed read
+fails only its case.
+
+Workers are started with ``spawn`` (never ``fork``: the parent holds torch's thread pools) and run torch on one
+thread, so they take a core from the model only while they read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from satseg.inference.options import PromptOptions, ScanOptions
+
+log = logging.getLogger(__name__)
+
+# What reading a case may raise and still fail only that case.
+CASE_ERRORS = (OSError, RuntimeError, ValueError, MemoryError, EOFError)
+
+
+@dataclass(frozen=True)
+class ReadJob:
+    """What a worker needs to prepare one case.
+
+    Attributes:
+        path: the scan.
+        prompts: the prompt texts.
+        scan_options, prompt_options: as for :func:`~satseg.inference.prepare.prepare_case`.
+        spacing: the model grid's spacing (mm) to resample to in the worker; ``None``: the model's process does it.
+    """
+
+    path: Path
+    prompts: tuple[str, ...]
+    scan_options: ScanOptions
+    prompt_options: PromptOptions
+    spacing: tuple[float, float, float] | None = None
+
+
+@dataclass
+class ReadAnswer:
+    """A worker's answer: the prepared case, or the error that failed it (one line), and what it warned about."""
+
+    case: object = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as the one line a case's status shows (satseg's own errors without their type name)."""
+    from satseg.errors import SatsegError
+
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, SatsegError) else f"{type(exc).__name__}: {text}"
+
+
+def read_case(job: ReadJob) -> ReadAnswer:
+    """Prepare one case (in a worker process, or in this one): read, validate, resolve the prompts, and, with
+    ``job.spacing``, bring the scan to the model grid and normalise it."""
+    from satseg.errors import SatsegError
+    from satseg.inference.case_log import WarningRecorder
+    from satseg.inference.prepare import choose_orientation, on_model_grid, prepare_case
+
+    with WarningRecorder() as recorder:
+        try:
+            case = prepare_case(job.path, list(job.prompts), job.scan_options, job.prompt_options)
+            if job.spacing is not None:
+                orientation = choose_orientation(case.volume, case.scan_options.orientation)
+                case.model_grid = on_model_grid(case.volume, case.modality, orientation, job.spacing)
+        except (SatsegError, *CASE_ERRORS) as exc:
+            return ReadAnswer(error=error_line(exc), warnings=recorder.messages)
+    return ReadAnswer(case=case, warnings=recorder.messages)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.getLogger("satseg").setLevel(logging.WARNING)
+
+
+class ReadAhead:
+    """Read jobs submitted in order and answered in order, at most ``ahead`` of them in flight.
+
+    ``workers=0`` reads each job in this process when its answer is asked for (no read-ahead): the sequential
+    engine, and the reference the pipelined one is tested against.
+    """
+
+    def __init__(self, workers: int, ahead: int):
+        self.workers = max(0, int(workers))
+        self.ahead = max(1, int(ahead))
+        self._pool = None
+        self._queue: deque = deque()
+
+    def __enter__(self):
+        if self.workers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            for _key, future in self._queue:
+                if hasattr(future, "cancel"):
+                    future.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.ahead
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def submit(self, key, job) -> None:
+        """Queue ``job``: a :class:`ReadJob`, or a case prepared already (answered as it is)."""
+        if not isinstance(job, ReadJob):
+            self._queue.append((key, ReadAnswer(case=job)))
+        else:
+            self._queue.append((key, self._pool.submit(read_case, job) if self._pool is not None else job))
+
+    def next(self) -> tuple[object, ReadAnswer]:
+        """The oldest job's ``(key, answer)``, waiting for it if needed."""
+        key, pending = self._queue.popleft()
+        if isinstance(pending, ReadAnswer):
+            return key, pending
+        if self._pool is None:
+            return key, read_case(pending)
+        try:
+            return key, pending.result()
+        except Exception as exc:  # the worker itself died (killed, out of memory): this case fails, not the run
+            return key, ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
+
+
+def default_read_workers(cases: int) -> int:
+    """One read-ahead process for a cohort of two or more cases (none for one case, none on a one-core machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cases > 1 and cores > 1 else 0
