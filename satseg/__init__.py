@@ -16,12 +16,16 @@ __version__ = "0.1.0"
 # when satseg is imported before torch (the CLI always is); THP_MEM_ALLOC_ENABLE=0 turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-_API = ("segment", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions")
-__all__ = ["__version__", *_API]
+_API = ("segment", "segment_files", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions")
+__all__ = ["__version__", "load_model", *_API]
 
 
 def __getattr__(name: str):
     # Lazy re-exports so that `import satseg` stays torch-free.
+    if name == "load_model":  # the model factory (satseg.model.factory), also loaded on first use
+        from satseg.model.factory import load_model
+
+        return load_model
     if name in _API:
         from satseg import api
 
