@@ -71,7 +71,7 @@ TABLE_DIR = Path(__file__).parent / "data" / "phrasings"
 STYLES = ("descriptive", "untrained-modality", "misspelling", "word-order", "finding", "nonsense", "group", "exact")
 MIN_ROWS = 600
 MIN_PER_STYLE = {"descriptive": 200, "untrained-modality": 60, "misspelling": 40, "word-order": 40, "finding": 40,
-                 "nonsense": 40}
+                 "nonsense": 40, "group": 40}
 REFUSE, UNTRAINED = "REFUSE", "REFUSE:untrained-modality"
 MODALITY_WORD = re.compile(r"\b(ct|mri?|pet)\b", re.IGNORECASE)
 SHOW = 30  # failures listed per class
