@@ -298,14 +298,15 @@ def test_allow_untrained_modality_resolves_with_the_warning_kept():
     assert resolution.to_dict()["warnings"] == list(resolution.warnings)
 
 
-def test_prompt_options_refuse_untrained_modality_by_default_and_prepare_prompts_passes_the_choice():
-    from satseg.inference.prepare import prepare_prompts
+def test_prompt_options_refuse_untrained_modality_by_default_and_resolve_prompts_passes_the_choice():
+    from satseg.inference.prompts import resolve_prompts
 
     assert PromptOptions().allow_untrained_modality is False
     with pytest.raises(PromptError, match="trained on CT"):
-        prepare_prompts(["left lung"], "mri", PromptOptions())
-    resolutions, names = prepare_prompts(["left lung"], "mri", PromptOptions(allow_untrained_modality=True))
-    assert resolutions[0]["terms"] == ["left lung"] and resolutions[0]["warnings"] and names == ["left_lung"]
+        resolve_prompts(["left lung"], "mri", PromptOptions())
+    prompt, = resolve_prompts(["left lung"], "mri", PromptOptions(allow_untrained_modality=True))
+    record = prompt.to_dict()
+    assert record["terms"] == ["left lung"] and record["warnings"] and record["output"] == "left_lung"
 
 
 # -- determinism ----------------------------------------------------------------------------------------------------
