@@ -88,7 +88,7 @@ def check_group_modality(groups: tuple[dict, ...], modality: str | None, vocabul
         said = f"; trained on {modality.upper()}: {', '.join(trained)}" if trained else ""
         raise PromptResolutionError(
             f"{group['phrase']!r} is the group {group['group']!r} ({len(members)} members); on "
-            f"{modality.upper()} {len(untrained)} of them {"is" if len(untrained) == 1 else "are"} not trained: {where}. The group is refused rather "
+            f"{modality.upper()} {len(untrained)} of them {'is' if len(untrained) == 1 else 'are'} not trained: {where}. The group is refused rather "
             f"than segmented in part (pass --allow-untrained-modality to run all members anyway){said}",
             prompt=prompt, suggestions=tuple(trained)[:5], untrained_modality=True, steps=tuple(steps),
             group={**group, "untrained": untrained})
