@@ -12,12 +12,11 @@ import torch
 from pipeline_helpers import run_cli
 from training_data import build_example_dataset
 
-from satseg.geometry import to_model_grid
+from satseg.geometry import GridRecord, to_model_grid
 from satseg.io.readers import read_volume
 from satseg.training.evaluate import (
     CASE_COLUMNS,
     evaluate_cache,
-    grid_record,
     region_of,
     write_evaluation,
 )
@@ -131,7 +130,7 @@ def test_grid_record_round_trips_through_the_cached_json(cache):
     for sample in evaluate_samples(out):
         volume = read_volume(data.root / "images" / f"{sample.patient_id}.nii.gz")
         _, record = to_model_grid(volume)
-        rebuilt = grid_record(json.loads(sample.path.with_suffix(".json").read_text()))
+        rebuilt = GridRecord.from_dict(json.loads(sample.path.with_suffix(".json").read_text()))
         assert rebuilt.to_dict() == record.to_dict()
         probs = np.random.default_rng(0).random(record.shape).astype(np.float32)
         np.testing.assert_array_equal(rebuilt.to_input_grid(probs), record.to_input_grid(probs))

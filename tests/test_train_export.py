@@ -166,7 +166,8 @@ def test_an_exported_model_segments_on_the_grid_it_was_trained_on(trained_mixed,
 
     result = predictor.segment(scan, ["liver"])
 
-    assert tuple(result.grid["spacing_mm"]) == (3.0, 3.0, 3.0)
+    grid = result.grid  # a GridRecord (or its dict form)
+    assert tuple(grid.spacing_mm if hasattr(grid, "spacing_mm") else grid["spacing_mm"]) == (3.0, 3.0, 3.0)
     assert result.masks["liver"].shape == nib.load(scan).shape
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import codecs
 import collections
-import json
 import logging
 import pickle
 import zipfile
@@ -45,13 +44,16 @@ _TEXT_PREFIX_OURS = "mpnet."
 
 
 def _allowed_globals() -> list:
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    scalar = multiarray.scalar
     allowed: list = [
         collections.OrderedDict,
         codecs.encode,
         np.dtype,
         (scalar, "numpy.core.multiarray.scalar"),  # numpy 1.x pickles (the released files)
         (scalar, "numpy._core.multiarray.scalar"),  # numpy 2.x pickles
+        np.ndarray,  # plain numeric arrays (e.g. a numpy generator state in a training checkpoint)
+        multiarray._reconstruct,
     ]
     dtypes = getattr(np, "dtypes", None)  # numpy ≥ 1.25 pickles dtypes through their classes
     if dtypes is not None:
@@ -165,23 +167,56 @@ def map_text_state(state: dict[str, torch.Tensor], path: Path | str = "checkpoin
     return out
 
 
-def _compare(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str, what: str) -> None:
-    """Raise CheckpointError naming the first missing / unexpected / mis-shaped keys."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} (file {list(state[k].shape)}, model {list(expected[k])})"
-                  for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    if not (missing or unexpected or mismatched):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-        if items:
-            parts.append(f"{len(items)} {label} (first: {', '.join(items[:3])})")
-    raise CheckpointError(f"{path} does not fit {what}: " + "; ".join(parts))
+HEADS = "mid_mask_embed_proj."  # deep-supervision heads: training only
 
 
-def _describe_variant(state: dict[str, torch.Tensor]) -> str:
+def check_strict(expected, found, source: Path | str, what: str, *, may_stay_fresh: tuple[str, ...] = ()) -> list[str]:
+    """The one strict key comparison: raise CheckpointError naming the first missing / unexpected / mis-shaped keys.
+
+    Args:
+        expected: a module, or its ``state_dict()`` shapes as name → shape.
+        found: the weights as name → tensor (or name → shape).
+        source: the file, for the message; what: what it was meant to fit, e.g. ``"SAT-nano"``.
+        may_stay_fresh: key prefixes that may be absent from ``found`` (they keep the module's initialisation).
+
+    Returns:
+        The keys of ``expected`` absent from ``found`` under ``may_stay_fresh``.
+    """
+    if isinstance(expected, nn.Module):
+        expected = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in found.items()}
+    absent = [k for k in expected if k not in shapes]
+    fresh = [k for k in absent if may_stay_fresh and k.startswith(may_stay_fresh)]
+    missing = [k for k in absent if k not in fresh]
+    unexpected = [k for k in shapes if k not in expected]
+    mismatched = [f"{k} (file {list(shapes[k])}, model {list(expected[k])})"
+                  for k in expected if k in shapes and shapes[k] != tuple(expected[k])]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                parts.append(f"{len(items)} {label} (first: {', '.join(items[:3])})")
+        raise CheckpointError(f"{source} does not fit {what}: " + "; ".join(parts))
+    return fresh
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path | str, what: str, *,
+                assign: bool = False, may_stay_fresh: tuple[str, ...] = ()) -> list[str]:
+    """The one strict loader: :func:`check_strict`, then ``load_state_dict`` (tensors cast to the module's dtypes,
+    e.g. float16 files into a float32 model). ``assign=True`` puts the file's tensors into a ``meta`` module
+    without copying. Returns the keys left fresh (see ``may_stay_fresh``)."""
+    fresh = check_strict(module, state, source, what, may_stay_fresh=may_stay_fresh)
+    reference = module.state_dict()
+    state = {k: v.to(reference[k].dtype) if v.dtype != reference[k].dtype else v for k, v in state.items()}
+    module.load_state_dict(state, strict=not fresh, assign=assign)
+    if fresh:
+        log.warning("%s has no %s; they start from a fresh initialisation", source,
+                    ", ".join(sorted({p for p in may_stay_fresh if any(k.startswith(p) for k in fresh)})))
+    return fresh
+
+
+def describe_variant(state: dict[str, torch.Tensor]) -> str:
+    """The preset (``nano``, ``pro``, ``tiny``) whose first U-Net convolution fits ``state``; ``""`` if none."""
     weight = state.get(_SEG_MARKER)
     if weight is None:
         return ""
@@ -193,41 +228,32 @@ def _describe_variant(state: dict[str, torch.Tensor]) -> str:
     return ""
 
 
-def load_segmentation_checkpoint(model: nn.Module, path: str | Path, *, assign: bool = False) -> None:
-    """Load an official (or satseg-written ``.pth``) segmentation checkpoint into ``model``, strictly."""
+def read_segmentation_state(path: str | Path, *, keep_deep_supervision: bool = False,
+                            variant: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """A released (or satseg-written ``.pth``) segmentation file → (satseg-named state, its variant).
+
+    Refuses a text-encoder or SAT-Pretrain file, and a file of another variant than ``variant`` (when given).
+    """
     path = Path(path)
     state = _state_dict_of(safe_load(path), path)
-    check_segmentation_state(model, state, path)
-    model.load_state_dict(map_segmentation_state(state, keep_deep_supervision=model.deep_supervision, path=path),
-                          strict=True, assign=assign)
-
-
-def check_segmentation_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
     kind = _kind_of(state)
     if kind == "text":
         raise CheckpointError(f"{path} is a text-encoder checkpoint, not a segmentation model "
                               "(were the two files of the model swapped?)")
     if kind == "pretrain":
         raise CheckpointError(f"{path} is a SAT-Pretrain text checkpoint, not a segmentation model")
-    mapped = map_segmentation_state(state, keep_deep_supervision=getattr(model, "deep_supervision", False),
-                                    path=path)
-    variant = _describe_variant(mapped)
-    expected = model.config.name
-    if variant and variant != expected:
-        raise CheckpointError(f"{path} holds a SAT-{variant} model, but SAT-{expected} was asked for "
-                              f"(use --variant {variant})")
-    _compare(model, mapped, path, f"SAT-{expected}")
+    mapped = map_segmentation_state(state, keep_deep_supervision=keep_deep_supervision, path=path)
+    found = describe_variant(mapped)
+    if variant and found and found != variant:
+        raise CheckpointError(f"{path} holds a SAT-{found} model, but SAT-{variant} was asked for "
+                              f"(use --variant {found})")
+    return mapped, variant or found
 
 
-def load_text_checkpoint(encoder: nn.Module, path: str | Path, *, assign: bool = False) -> None:
-    """Load an official (or satseg-written ``.pth``) text-encoder checkpoint into ``encoder``, strictly."""
+def read_text_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A released (or satseg-written ``.pth``) text-encoder file → satseg-named state (swapped files refused)."""
     path = Path(path)
     state = _state_dict_of(safe_load(path), path)
-    mapped = check_text_state(encoder, state, path)
-    encoder.load_state_dict(mapped, strict=True, assign=assign)
-
-
-def check_text_state(encoder: nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> dict:
     kind = _kind_of(state)
     if kind == "segmentation":
         raise CheckpointError(f"{path} is a segmentation model, not a text encoder "
@@ -235,9 +261,19 @@ def check_text_state(encoder: nn.Module, state: dict[str, torch.Tensor], path: P
     if kind == "pretrain":
         raise CheckpointError(f"{path} is a SAT-Pretrain knowledge-encoder checkpoint (atlas tower / "
                               "temperature keys); segmentation needs the text encoder paired with the model")
-    mapped = map_text_state(state, path)
-    _compare(encoder, mapped, path, "the SAT text encoder")
-    return mapped
+    return map_text_state(state, path)
+
+
+def load_segmentation_checkpoint(model: nn.Module, path: str | Path, *, assign: bool = False) -> None:
+    """Load an official (or satseg-written ``.pth``) segmentation checkpoint into ``model``, strictly."""
+    state, _ = read_segmentation_state(path, keep_deep_supervision=getattr(model, "deep_supervision", False),
+                                       variant=model.config.name)
+    load_strict(model, state, path, f"SAT-{model.config.name}", assign=assign)
+
+
+def load_text_checkpoint(encoder: nn.Module, path: str | Path, *, assign: bool = False) -> None:
+    """Load an official (or satseg-written ``.pth``) text-encoder checkpoint into ``encoder``, strictly."""
+    load_strict(encoder, read_text_state(path), path, "the SAT text encoder", assign=assign)
 
 
 def load_mpnet_folder(text_encoder: nn.Module, folder: str | Path) -> None:
@@ -262,21 +298,18 @@ def load_mpnet_folder(text_encoder: nn.Module, folder: str | Path) -> None:
     prefix = next((p for p in ("mpnet.", "model.") if any(k.startswith(p) for k in state)), "")
     state = {k[len(prefix):]: v for k, v in state.items()
              if k.startswith(prefix) and not k.startswith("lm_head.") and not k.endswith("embeddings.position_ids")}
-    _compare(text_encoder.mpnet, state, folder, "the MPNet text tower")
-    text_encoder.mpnet.load_state_dict(state, strict=True)
+    load_strict(text_encoder.mpnet, state, folder, "the MPNet text tower")
 
 
 def validate_official_files(variant: str, checkpoint: str | Path, text_checkpoint: str | Path | None) -> None:
     """Check that files fit ``variant`` exactly (keys and shapes) without building real weights."""
     from satseg.model.build import build_sat, build_text_encoder
 
-    checkpoint = Path(checkpoint)
-    model = build_sat(variant, device="meta")
-    check_segmentation_state(model, _state_dict_of(safe_load(checkpoint), checkpoint), checkpoint)
+    state, _ = read_segmentation_state(checkpoint, variant=variant)
+    check_strict(build_sat(variant, device="meta"), state, checkpoint, f"SAT-{variant}")
     if text_checkpoint is not None:
-        text_checkpoint = Path(text_checkpoint)
-        encoder = build_text_encoder(variant, device="meta")
-        check_text_state(encoder, _state_dict_of(safe_load(text_checkpoint), text_checkpoint), text_checkpoint)
+        check_strict(build_text_encoder(variant, device="meta"), read_text_state(text_checkpoint),
+                     text_checkpoint, "the SAT text encoder")
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -318,57 +351,9 @@ def write_official_checkpoint(model_or_state: nn.Module | dict, path: str | Path
     return Path(path)
 
 
-def save_satseg_weights(model: nn.Module, text_encoder: nn.Module, path: str | Path, *, fp16: bool = False,
-                        metadata: dict | None = None) -> Path:
-    """Write satseg's own format: one safetensors file (``sat.*``, ``text.*``), no optimizer state."""
-    from safetensors.torch import save_file
-
-    from satseg.io.atomic import atomic_path
-
-    tensors: dict[str, torch.Tensor] = {}
-    for prefix, module in (("sat.", model), ("text.", text_encoder)):
-        for key, tensor in module.state_dict().items():
-            if key.startswith("mid_mask_embed_proj."):
-                continue  # training-only heads
-            tensor = tensor.detach().to("cpu")
-            if fp16 and tensor.is_floating_point():
-                tensor = tensor.half()
-            tensors[prefix + key] = tensor.contiguous()
-    meta = {"format": "satseg", "variant": model.config.name, "config": json.dumps(model.config.to_dict()),
-            "dtype": "float16" if fp16 else "float32"}
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
-
-
-def read_satseg_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {path} as satseg weights (truncated or corrupt?): {exc}") from None
-
-
-def load_satseg_weights(model: nn.Module, text_encoder: nn.Module, path: str | Path, *, assign: bool = False) -> None:
-    """Load satseg's safetensors format strictly into both modules (fp16 files are cast up)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta = read_satseg_metadata(path)
-    if meta.get("format") != "satseg":
-        raise CheckpointError(f"{path} is not a satseg weights file (metadata format={meta.get('format')!r})")
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path} (truncated or corrupt?): {exc}") from None
-    for prefix, module, what in (("sat.", model, f"SAT-{model.config.name}"), ("text.", text_encoder, "the text encoder")):
-        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if isinstance(module, nn.Module) and getattr(module, "deep_supervision", False):
-            raise CheckpointError("satseg weights files carry no deep-supervision heads; build without them")
-        _compare(module, part, path, what)
-        reference = module.state_dict()
-        part = {k: v.to(reference[k].dtype) for k, v in part.items()}
-        module.load_state_dict(part, strict=True, assign=assign)
+# satseg's own safetensors format lives in satseg.model.satseg_file; importable from here as before
+from satseg.model.satseg_file import (  # noqa: E402, F401  (it uses load_strict, defined above)
+    load_satseg_weights,
+    read_satseg_metadata,
+    save_satseg_weights,
+)

@@ -6,7 +6,7 @@ Where the metric is computed (``grid``):
   cached model-grid image; its probabilities come back to the scan's grid with the scan's
   :class:`~satseg.geometry.GridRecord` (as ``satseg segment`` writes masks) and are thresholded at 0.5; the ground
   truth is the original mask file (recorded by ``prepare``) turned into terms with the same code
-  (:func:`satseg.training.prepare.iter_term_masks`). NSD uses the scan's voxel spacing.
+  (:func:`satseg.training.standardise.iter_term_masks`). NSD uses the scan's voxel spacing.
 * ``model``: on the cached 1×1×3 mm grid against the cached masks, like SAT's own evaluator; needs no raw files.
 
 Aggregation follows SAT's evaluator: class = mean over the cases of a dataset; dataset = mean over its classes;
@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from satseg.errors import InputError, SatsegError
-from satseg.training.checkpointing import FORMAT
+from satseg.geometry import GridRecord
 from satseg.training.metrics import dice, surface_dice
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 REGION_ORDER = ("brain", "head and neck", "upper limb", "thorax", "spine", "abdomen", "lower limb", "pelvis",
                 "whole body")
 GRIDS = ("native", "model")
-_RECORD_ARRAYS = ("input_affine", "ornt", "oriented_affine", "resampled_affine", "index_matrix", "index_offset")
 CASE_COLUMNS = ("dataset", "sample_id", "patient_id", "modality", "term", "region", "dice", "nsd", "gt_voxels",
                 "pred_voxels", "grid")
 
@@ -127,23 +126,6 @@ def region_of(term: str, modality: str) -> str:
     return "unknown"
 
 
-def grid_record(data: dict):
-    """A :class:`~satseg.geometry.GridRecord` from its ``to_dict()`` form (extra keys are ignored)."""
-    from satseg.geometry import GridRecord
-
-    values = {}
-    for item in dataclasses.fields(GridRecord):
-        value = data[item.name]
-        if item.name in _RECORD_ARRAYS:
-            value = np.asarray(value, dtype=np.float64)
-        elif item.name == "spacing_mm":
-            value = tuple(float(v) for v in value)
-        elif isinstance(value, list):
-            value = tuple(int(v) for v in value)
-        values[item.name] = value
-    return GridRecord(**values)
-
-
 def predictor_fn(predictor) -> PredictFn:
     """Adapt a :class:`~satseg.inference.predictor.Predictor` to ``predict(sample, image)``."""
 
@@ -216,7 +198,7 @@ def _evaluate_sample(sample, predict: PredictFn, grid: str, tolerance_mm: float,
     if info is None or "mask" not in info:
         raise SatsegError(f"{record_file.name} does not record the scan's mask; evaluate with --grid model")
     del cached_masks
-    record = grid_record(info)
+    record = GridRecord.from_dict(info)
     entry = _entry(sample.dataset, manifest or info.get("manifest"))
     gt_masks = _native_ground_truth(Path(info["mask"]), record, entry)
     spacing = tuple(float(s) for s in np.sqrt((record.input_affine[:3, :3] ** 2).sum(axis=0)))
@@ -231,7 +213,7 @@ def _evaluate_sample(sample, predict: PredictFn, grid: str, tolerance_mm: float,
 
 
 def _native_ground_truth(mask_path: Path, record, entry) -> dict[str, np.ndarray]:
-    from satseg.training.prepare import PrepareFailed, iter_term_masks, read_mask
+    from satseg.training.standardise import PrepareFailed, iter_term_masks, read_mask
 
     if not mask_path.is_file():
         raise SatsegError(f"ground truth {mask_path} is gone; evaluate with --grid model")
@@ -280,49 +262,24 @@ def write_evaluation(result: Evaluation, out: str | Path) -> dict[str, Path]:
     return paths
 
 
-def load_training_checkpoint(path: str | Path, tokenizer_dir: str | Path, runtime=None):
-    """A :class:`~satseg.inference.predictor.Predictor` from a ``satseg train fit`` checkpoint.
+def load_training_checkpoint(path: str | Path, tokenizer_dir: str | Path | None = None, runtime=None):
+    """A :class:`~satseg.inference.predictor.Predictor` from a ``satseg train fit`` checkpoint, loaded by
+    :func:`satseg.load_model` (strict; the deep-supervision heads are dropped, inference needs none).
 
-    The file is a ``torch.save`` dict: ``format`` ``"satseg-train"``, ``variant``, ``model`` (SAT state dict with
-    deep-supervision heads, which inference drops), ``text_encoder`` (state dict), ``config``.
-    ``tokenizer_dir``: the MPNet tokenizer folder.
+    ``tokenizer_dir``: the MPNet tokenizer folder; default: the one the run recorded, when it still exists.
     """
-    from satseg.errors import CheckpointError
     from satseg.inference.predictor import Predictor
-    from satseg.model.build import build_sat, build_text_encoder
-    from satseg.model.checkpoint import safe_load
-    from satseg.model.text import SATTokenizer
+    from satseg.model.factory import load_model
 
-    path = Path(path)
-    data = safe_load(path)
-    if data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a satseg training checkpoint (format {data.get('format')!r}); "
-                              "for released or exported weights use --model NAME")
-    missing = [k for k in ("variant", "model", "text_encoder") if k not in data]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
-    if tokenizer_dir is None or not Path(tokenizer_dir).is_dir():
-        raise InputError("--checkpoint needs --tokenizer DIR (the MPNet tokenizer folder, e.g. all-mpnet-base-v2)")
-    # Inference needs no deep-supervision heads: every other key must fit exactly. The architecture is the one
-    # recorded by fit (it may differ from the variant's preset: window, text tower width), else the preset.
-    if isinstance(data.get("model_config"), dict):
-        from satseg.model.config import SATConfig
-
-        architecture = SATConfig.from_dict(data["model_config"])
-    else:
-        architecture = data["variant"]
-    model = build_sat(architecture, deep_supervision=False)
-    text = build_text_encoder(architecture)
-    state = {k.removeprefix("module."): v for k, v in data["model"].items()}
-    state = {k: v for k, v in state.items() if not k.startswith("mid_mask_embed_proj.")}
-    try:
-        model.load_state_dict(state, strict=True)
-        text.load_state_dict({k.removeprefix("module."): v for k, v in data["text_encoder"].items()}, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit SAT-{data['variant']}: {first}") from None
-    tokenizer = SATTokenizer(tokenizer_dir, max_tokens=model.config.text.max_tokens)
-    return Predictor(model, text, tokenizer, name=f"{path.stem} (SAT-{data['variant']})", runtime=runtime)
+    if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
+        raise InputError(f"--tokenizer {tokenizer_dir} is not a folder")
+    loaded = load_model(Path(path), tokenizer=tokenizer_dir)
+    if loaded.tokenizer is None:
+        raise InputError("--checkpoint needs --tokenizer DIR (the MPNet tokenizer folder, e.g. all-mpnet-base-v2): "
+                         f"{path} records none that exists")
+    name = f"{Path(path).stem} (SAT-{loaded.config.name})"
+    return Predictor(loaded.model, loaded.text_encoder, loaded.tokenizer, name=name, runtime=runtime,
+                     cache_key=loaded.cache_key)
 
 
 def _mean(values) -> float:

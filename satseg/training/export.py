@@ -21,129 +21,51 @@ sha256, tokenizer source) and :func:`satseg.weights.import_satseg_weights` regis
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-from satseg.errors import CheckpointError, InputError
-from satseg.training.checkpointing import FORMAT
+from satseg.model.training_state import TrainingCheckpoint, read_training_state
 
 log = logging.getLogger(__name__)
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-
-
-@dataclass(frozen=True)
-class TrainingCheckpoint:
-    """The parts of a ``satseg train fit`` checkpoint that export needs (tensors stay memory-mapped)."""
-
-    path: Path
-    variant: str
-    step: int
-    model: dict  # SAT state dict (name → tensor)
-    text_encoder: dict  # TextEncoder state dict
-    model_config: dict | None = None  # SATConfig.to_dict() of the trained architecture
-    tokenizer: str | None = None  # the tokenizer folder the run used
-
-
-def _unwrap(state: dict) -> dict:
-    out = {}
-    for key, tensor in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        out[key] = tensor
-    return out
+__all__ = ["TrainingCheckpoint", "convert_official", "export_training_checkpoint", "manifest_entry",
+           "read_training_checkpoint"]
 
 
 def read_training_checkpoint(path: str | Path) -> TrainingCheckpoint:
-    """Read a training checkpoint without running arbitrary pickled code.
+    """A training checkpoint's model parts (:func:`satseg.model.training_state.read_training_state`, the one reader).
 
     Raises:
         CheckpointError: unreadable, not a ``satseg-train`` checkpoint, or missing the model parts.
     """
-    import numpy as np
-    import torch
-
-    from satseg.model.checkpoint import safe_load
-
-    path = Path(path)
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    # numpy arrays (e.g. a saved numpy RNG state) are plain data: allow their reconstruction as well
-    with torch.serialization.safe_globals([np.ndarray, multiarray._reconstruct]):
-        data = safe_load(path)
-    if data.get("format") != FORMAT:
-        hint = (" (a released SAT checkpoint: use --official with --text-checkpoint and --variant)"
-                if "model_state_dict" in data else "")
-        raise CheckpointError(f"{path} is not a satseg training checkpoint (format={data.get('format')!r}){hint}")
-    missing = [k for k in ("variant", "model", "text_encoder") if k not in data]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; is the file complete?")
-    for part in ("model", "text_encoder"):
-        if not isinstance(data[part], dict) or not all(isinstance(v, torch.Tensor) for v in data[part].values()):
-            raise CheckpointError(f"{path}: {part!r} is not a state dict of tensors")
-    config = data.get("model_config")
-    return TrainingCheckpoint(path=path, variant=str(data["variant"]).lower(), step=int(data.get("step", 0)),
-                              model=_unwrap(data["model"]), text_encoder=_unwrap(data["text_encoder"]),
-                              model_config=config if isinstance(config, dict) else None,
-                              tokenizer=str(data["tokenizer"]) if data.get("tokenizer") else None)
-
-
-def _compare_strictly(module, state: dict, path: Path, what: str) -> None:
-    """Load ``state`` into ``module`` strictly, naming the first differences on failure."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
-             for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        parts = [f"{len(items)} {label} (first: {', '.join(items[:3])})" for label, items in groups if items]
-        raise CheckpointError(f"{path} does not fit {what}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True, assign=True)
+    return read_training_state(path)
 
 
 def export_training_checkpoint(checkpoint: str | Path | TrainingCheckpoint, out: str | Path, *,
                                fp16: bool = False) -> Path:
     """A ``satseg train fit`` checkpoint (path, or one already read) → satseg safetensors at ``out``.
 
-    The trained architecture is built and loaded strictly first.
+    The trained architecture is built and loaded strictly first (:func:`satseg.load_model`); the deep-supervision
+    heads, the optimizer state and everything else a resume needs are left out.
     """
-    import json
-
-    from satseg.model.build import build_sat, build_text_encoder
-    from satseg.model.checkpoint import save_satseg_weights
-    from satseg.weights import satseg_file_config
+    from satseg.model.factory import load_model
+    from satseg.model.satseg_file import save_satseg_weights
 
     run = checkpoint if isinstance(checkpoint, TrainingCheckpoint) else read_training_checkpoint(checkpoint)
-    metadata = {"variant": run.variant}
-    if run.model_config is not None:
-        metadata["config"] = json.dumps(run.model_config)
-    try:
-        config = satseg_file_config(metadata)
-    except InputError:
-        raise CheckpointError(f"{run.path} names an unknown variant {run.variant!r}") from None
-    except CheckpointError as exc:
-        raise CheckpointError(f"{run.path}: {exc}") from None
-    deep = any(k.startswith("mid_mask_embed_proj.") for k in run.model)
-    model = build_sat(config, deep_supervision=deep, device="meta")
-    text = build_text_encoder(config, device="meta")
-    _compare_strictly(model, run.model, run.path, f"SAT-{run.variant}")
-    _compare_strictly(text, run.text_encoder, run.path, "the text encoder")
+    loaded = load_model(run)
     metadata = {"source": f"satseg train fit checkpoint {run.path.name}", "step": run.step}
-    path = save_satseg_weights(model, text, out, fp16=fp16, metadata=metadata)
+    path = save_satseg_weights(loaded.model, loaded.text_encoder, out, fp16=fp16, metadata=metadata)
     log.info("exported %s (SAT-%s, step %d) to %s", run.path, run.variant, run.step, path)
     return path
 
 
 def convert_official(checkpoint: str | Path, text_checkpoint: str | Path, variant: str, out: str | Path, *,
                      fp16: bool = False) -> Path:
-    """A released SAT checkpoint pair → satseg safetensors at ``out`` (loaded strictly first)."""
-    from satseg.model.build import build_sat, build_text_encoder
-    from satseg.model.checkpoint import load_segmentation_checkpoint, load_text_checkpoint, save_satseg_weights
+    """A released SAT checkpoint pair → satseg safetensors at ``out`` (loaded strictly first: :func:`satseg.load_model`)."""
+    from satseg.model.factory import load_model
+    from satseg.model.satseg_file import save_satseg_weights
 
-    model = build_sat(variant, device="meta")
-    text = build_text_encoder(variant, device="meta")
-    load_segmentation_checkpoint(model, checkpoint, assign=True)
-    load_text_checkpoint(text, text_checkpoint, assign=True)
+    loaded = load_model((checkpoint, text_checkpoint), variant=variant)
+    model, text = loaded.model, loaded.text_encoder
     metadata = {"source": f"SAT release {Path(checkpoint).name} + {Path(text_checkpoint).name}"}
     path = save_satseg_weights(model, text, out, fp16=fp16, metadata=metadata)
     log.info("converted %s + %s (SAT-%s) to %s", checkpoint, text_checkpoint, variant, path)

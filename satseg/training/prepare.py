@@ -20,48 +20,29 @@ split comes from the manifest, never from the jsonl.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import logging
-import re
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
-
-from satseg.errors import InputError, SatsegError
+from satseg.errors import SatsegError
 from satseg.geometry import MODEL_SPACING_MM
 from satseg.training.manifest import DEFAULT_DIR, DatasetEntry, load_manifest
+from satseg.training.scan_list import ScanItem, bundled_scans, find_scans, read_scans, resolve_path
+from satseg.training.standardise import PrepareFailed, _one_line, iter_term_masks, read_mask, standardise
 
 log = logging.getLogger(__name__)
 
-BUNDLED_SCANS = DEFAULT_DIR.parent / "scans"
 REPORT = "prepare_report.json"
-# SAT-DS jsonl paths start with this prefix (their data root); --root may point at SAT-DS's root or at data/nii.
-SAT_DS_PREFIX = "data/nii/"
-_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
-
-@dataclass(frozen=True)
-class ScanItem:
-    """One line of a scans jsonl: a scan and its mask."""
-
-    image: str
-    mask: str
-    patient_id: str
-    modality: str = ""
-    dataset: str = ""
-
-    @property
-    def sample_id(self) -> str:
-        """Stable id within the dataset: the patient id plus a short hash of the (image, mask) paths."""
-        digest = hashlib.sha1(f"{self.image}\0{self.mask}".encode()).hexdigest()[:8]
-        return f"{_ID_CHARS.sub('-', self.patient_id).strip('-') or 'scan'}_{digest}"
+# what callers import from here (the scan list and one scan's standardisation live in their own modules)
+__all__ = ["REPORT", "Failure", "PrepareFailed", "PrepareReport", "ScanItem", "bundled_scans", "find_scans",
+           "iter_term_masks", "prepare_dataset", "prepare_one", "read_mask", "read_scans", "resolve_path",
+           "standardise", "write_report"]
 
 
 @dataclass
@@ -93,194 +74,8 @@ class PrepareReport:
         return data
 
 
-class PrepareFailed(SatsegError):
-    """Raised for one scan; ``kind`` goes into the report."""
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-# -- the scan list ---------------------------------------------------------------------------------------
-
-
-def bundled_scans(name: str) -> Path:
-    """``train/scans/<name>.jsonl.gz``: SAT-DS's per-scan list for one of the 72 datasets."""
-    path = BUNDLED_SCANS / f"{name}.jsonl.gz"
-    if not path.is_file():
-        raise InputError(f"no bundled scan list for {name!r} ({path}); pass --scans FILE.jsonl")
-    return path
-
-
-def find_scans(name: str, scans: str | Path | None) -> Path:
-    """The scans file of dataset ``name``: ``scans`` itself, ``scans/<name>.jsonl[.gz]`` when it is a folder
-    (e.g. SAT-DS's ``data/jsonl``), or the bundled copy when ``scans`` is None."""
-    if scans is None:
-        return bundled_scans(name)
-    path = Path(scans).expanduser()
-    if path.is_dir():
-        for candidate in (path / f"{name}.jsonl", path / f"{name}.jsonl.gz"):
-            if candidate.is_file():
-                return candidate
-        raise InputError(f"no {name}.jsonl in {path}")
-    if not path.is_file():
-        raise InputError(f"scans file not found: {path}")
-    return path
-
-
-def read_scans(path: str | Path, dataset: str | None = None) -> list[ScanItem]:
-    """Read a SAT-DS-style jsonl (plain or ``.gz``); keep lines of ``dataset`` when a line names its dataset.
-
-    Raises:
-        InputError: unreadable file, a line that is not JSON, or a line without ``image``/``mask``/``patient_id``.
-    """
-    path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read scans file {path}: {exc}") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            raise InputError(f"{path.name} line {number} is not JSON") from None
-        missing = [k for k in ("image", "mask", "patient_id") if not isinstance(data.get(k), (str, int))]
-        if missing:
-            raise InputError(f"{path.name} line {number} lacks {', '.join(missing)}")
-        if dataset and data.get("dataset") not in (None, "", dataset):
-            continue
-        items.append(ScanItem(image=str(data["image"]), mask=str(data["mask"]), patient_id=str(data["patient_id"]),
-                              modality=str(data.get("modality") or ""), dataset=str(data.get("dataset") or "")))
-    return items
-
-
-def resolve_path(root: str | Path, relative: str) -> Path:
-    """``root / relative``; for SAT-DS paths (``data/nii/...``) also ``root / <rest>`` so that ``--root`` may be
-    SAT-DS's root or its ``data/nii`` folder. Absolute paths are kept."""
-    path = Path(relative).expanduser()
-    if path.is_absolute():
-        return path
-    direct = Path(root) / path
-    if not direct.exists() and relative.startswith(SAT_DS_PREFIX):
-        stripped = Path(root) / relative[len(SAT_DS_PREFIX):]
-        if stripped.exists():
-            return stripped
-    return direct
-
-
-# -- labels → terms --------------------------------------------------------------------------------------
-
-
-def iter_term_masks(mask: np.ndarray, entry: DatasetEntry) -> Iterator[tuple[str, np.ndarray]]:
-    """The dataset's term masks, one at a time, in ``entry.terms`` order, on whatever grid ``mask`` lives.
-
-    Args:
-        mask: ``label_values`` / ``binary``: (I, J, K) label map; ``channels``: (C, I, J, K).
-        entry: the dataset's manifest entry (labels, merges).
-
-    Yields:
-        ``(term, bool (I, J, K))``; a merged term is the union of its raw labels' voxels.
-    """
-    raw = _raw_label_fn(mask, entry)
-    for term, sources in entry.term_sources().items():
-        union = None
-        for name in sorted(sources):
-            voxels = raw(name)
-            union = voxels if union is None else (union | voxels)
-        yield term, union
-
-
-def term_masks(mask: np.ndarray, entry: DatasetEntry) -> np.ndarray:
-    """:func:`iter_term_masks` stacked: (N, I, J, K) bool, N = len(entry.terms)."""
-    return np.stack([m for _, m in iter_term_masks(mask, entry)])
-
-
-def _raw_label_fn(mask: np.ndarray, entry: DatasetEntry) -> Callable[[str], np.ndarray]:
-    labels = {lab.raw: lab for lab in entry.labels}
-    if entry.mask_format == "label_values":
-        return lambda name: mask == labels[name].value
-    if entry.mask_format == "channels":
-        if mask.ndim != 4:
-            raise PrepareFailed("unreadable", f"expected a multi-channel (C, I, J, K) mask, got shape {mask.shape}")
-        top = max(lab.channel for lab in entry.labels)
-        if mask.shape[0] <= top:
-            raise PrepareFailed("unreadable", f"mask has {mask.shape[0]} channels, the manifest needs {top + 1}")
-        return lambda name: mask[labels[name].channel] > 0.5
-    values = np.asarray(mask, dtype=np.float32)
-    if entry.binarise == "minmax":  # rescale to 0..1 (on the grid given, as SAT-DS after its crop), keep > 0.5
-        lo, hi = float(values.min()), float(values.max())
-        binary = (values - lo) > 0.5 * (hi - lo) if hi > lo else np.zeros(values.shape, dtype=bool)
-    else:
-        binary = values > 0.5
-    return lambda name: binary
-
-
-# -- one scan --------------------------------------------------------------------------------------------
-
-
-def read_mask(path: Path, image_shape: tuple[int, ...], mask_format: str) -> np.ndarray:
-    """Read a mask as (I, J, K), or (C, I, J, K) for ``channels`` (SAT-DS stores channels first; channels last
-    is accepted too). Its array must be on the image's voxel grid."""
-    try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            array = np.asanyarray(nib.load(str(path)).dataobj)
-        else:
-            from satseg.io.readers import read_volume
-
-            array = np.asarray(read_volume(path).array)
-    except InputError as exc:
-        raise PrepareFailed("unreadable", str(exc)) from None
-    except Exception as exc:  # nibabel raises many types for damaged files
-        raise PrepareFailed("unreadable", f"{path.name}: cannot read the mask ({_one_line(exc)})") from None
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    shape = tuple(image_shape)
-    if mask_format == "channels" and array.ndim == 4:
-        if array.shape[1:] == shape:
-            return array
-        if array.shape[:3] == shape:
-            return np.moveaxis(array, -1, 0)
-    elif array.shape == shape:
-        return array
-    raise PrepareFailed("error", f"{path.name}: mask shape {array.shape} does not match image shape {shape}")
-
-
-def standardise(image_path: Path, mask_path: Path, entry: DatasetEntry, modality: str | None = None,
-                spacing_mm=MODEL_SPACING_MM):
-    """One scan → (image float32 (H, W, D), masks bool (N, H, W, D), GridRecord, modality), on a grid of
-    ``spacing_mm`` voxels (SAT: 1×1×3 mm).
-
-    Raises:
-        PrepareFailed: missing or unreadable files, or a mask that does not fit the image.
-    """
-    from satseg.geometry import to_model_grid
-    from satseg.intensity import normalize
-    from satseg.io.readers import read_volume
-    from satseg.vocabulary import normalize_modality
-
-    for path in (image_path, mask_path):
-        if not path.exists():
-            raise PrepareFailed("missing", f"{path}: no such file")
-    try:
-        volume = read_volume(image_path)
-    except InputError as exc:
-        raise PrepareFailed("unreadable", str(exc)) from None
-    modality = normalize_modality(modality) if modality else entry.modality
-    mask = read_mask(mask_path, volume.shape, entry.mask_format)
-    raw, record = to_model_grid(volume, orientation=entry.orientation, spacing_mm=spacing_mm)
-    del volume
-    on_grid = record.from_input_grid(mask, order="nearest")
-    del mask
-    masks = term_masks(on_grid, entry)
-    image = normalize(raw, modality)
-    return image, masks, record, modality
+# -- one scan ---------------------------------------------------------------------------------------------
 
 
 def prepare_one(item: ScanItem, entry: DatasetEntry, root: Path, out: Path, manifest_path: Path,
@@ -422,7 +217,3 @@ def write_report(out: str | Path, reports: list[PrepareReport]) -> Path:
     write_text_atomic(path, json.dumps(document, indent=2) + "\n")
     return path
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

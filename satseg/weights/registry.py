@@ -80,30 +80,20 @@ def import_satseg_weights(name: str, weights_file: str | os.PathLike, tokenizer_
 
 
 def satseg_file_config(metadata: dict):
-    """The architecture (:class:`~satseg.model.config.SATConfig`) recorded in a satseg file's metadata.
+    """The architecture recorded in a satseg file's metadata (:func:`satseg.model.satseg_file.file_config`)."""
+    from satseg.model.satseg_file import file_config
 
-    Falls back to the preset of the recorded variant for files without a ``config`` entry. A trained model
-    may differ from its variant's preset (e.g. a tiny U-Net with the 768-d MPNet text tower).
-    """
-
-    from satseg.errors import CheckpointError
-    from satseg.model.config import SATConfig, get_config
-
-    if "config" not in metadata:
-        return get_config(metadata.get("variant", ""))
-    try:
-        return SATConfig.from_dict(json.loads(metadata["config"]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"the architecture recorded in the file's metadata is unreadable: {exc}") from None
+    return file_config(metadata)
 
 
 def validate_satseg_file(path: Path) -> str:
     """The variant of a satseg safetensors file whose tensor names and shapes fit its recorded architecture
-    exactly (:func:`satseg_file_config`); else raise."""
+    exactly (:func:`satseg_file_config`); else raise. The weights themselves are not read."""
     from safetensors import safe_open
 
     from satseg.errors import CheckpointError
     from satseg.model.build import build_sat, build_text_encoder
+    from satseg.model.checkpoint import check_strict
 
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -119,14 +109,9 @@ def validate_satseg_file(path: Path) -> str:
     if config.name != variant:
         raise CheckpointError(f"{path}: metadata variant {variant!r} differs from its architecture {config.name!r}")
     expected = {}
-    parts = (("sat.", build_sat(config, device="meta")), ("text.", build_text_encoder(config, device="meta")))
-    for prefix, module in parts:
+    for prefix, module in (("sat.", build_sat(config, device="meta")), ("text.", build_text_encoder(config, device="meta"))):
         expected.update({prefix + k: tuple(v.shape) for k, v in module.state_dict().items()})
-    differences = sorted(set(expected) ^ set(shapes))
-    differences += sorted(k for k in expected if k in shapes and shapes[k] != expected[k])
-    if differences:
-        raise CheckpointError(f"{path} does not fit SAT-{variant}: {len(differences)} missing, unexpected or "
-                              f"mis-shaped tensors (first: {', '.join(differences[:3])})")
+    check_strict(expected, shapes, path, f"SAT-{variant}")
     return variant
 
 

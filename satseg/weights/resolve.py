@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from satseg.errors import WeightsError
 from satseg.weights.hub import _commit_of, _hub_download, _hub_tokenizer, hf_offline
 from satseg.weights.manifest import FILE_ROLES, get_model
 from satseg.weights.verification import _check_before_use
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,12 @@ def _local_file(path: Path, what: str) -> Path:
     return path
 
 
-def resolve_model(name: str, *, download: bool = True) -> ModelFiles:
+def resolve_model(name: str, *, download: bool = True, verify: bool = True) -> ModelFiles:
     """Local, verified paths of model ``name``; downloads missing hub files unless ``download`` is False.
 
     Raises :class:`WeightsError` when a file cannot be found or fetched, or does not match its recorded
-    size/sha256 (a mismatching hub file is deleted from the HF cache first).
+    size/sha256 (a mismatching hub file is deleted from the HF cache first). ``verify=False`` skips the size and
+    sha256 checks (``verified`` is then None): for files checked by other means, e.g. a read-only site mirror.
     """
     entry = get_model(name)
     commit = None
@@ -55,7 +59,11 @@ def resolve_model(name: str, *, download: bool = True) -> ModelFiles:
                  for role, f in entry.files.items()}
         commit = _commit_of(paths["checkpoint"])
         tokenizer = entry.tokenizer.path or _hub_tokenizer(entry, offline=offline)
-    results = [_check_before_use(entry, role, paths[role]) for role in FILE_ROLES]
+    if verify:
+        results = [_check_before_use(entry, role, paths[role]) for role in FILE_ROLES]
+    else:
+        logger.warning("%s: used without checking its files against their recorded sha256 (verify=False)", name)
+        results = [None]
     verified = None if None in results else True
     return ModelFiles(name=name, variant=entry.variant, format=entry.format, checkpoint=paths["checkpoint"],
                       text_checkpoint=paths["text_checkpoint"], tokenizer=Path(tokenizer), verified=verified,
