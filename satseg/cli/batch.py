@@ -11,8 +11,8 @@ import typer
 
 from satseg.cli._console import stage, window_progress
 from satseg.cli.segment import (
-    ALLOW_UNTRAINED, COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, PRECISION, PREVIEW,
-    PROBABILITIES, PROMPT_CHUNK, STATISTICS, THREADS, WINDOW_BATCH, check_model_name,
+    ALLOW_UNTRAINED, COMPILE, DEVICE, FREE_TEXT, MODALITY, MODEL, MULTILABEL, ORIENTATION, OUTPUT_TYPE, PRECISION,
+    PREVIEW, PROBABILITIES, PROMPT_CHUNK, STATISTICS, STORE_TO, THREADS, WINDOW_BATCH, check_model_name,
 )
 
 HELP = ("Segment a cohort: satseg batch INPUTS... | DIR | LIST.txt | - -p PROMPT -o OUT_DIR. One folder per "
@@ -50,6 +50,8 @@ def batch(
     read_workers: int = typer.Option(None, "--read-workers", min=0,
                                      help="Processes reading and preparing the next cases while the model runs "
                                           "(default: 1 for two or more cases; 0: one stage after another)."),
+    output_type: list[str] = OUTPUT_TYPE,
+    store_to: str = STORE_TO,
 ) -> None:
     from satseg.errors import EXIT_COHORT_FAILED, InputError
     from satseg.inference.cohort import (
@@ -57,7 +59,9 @@ def batch(
     )
     from satseg.inference.engine import CohortOptions, Hooks, check_cohort_prompts, segment_files
     from satseg.inference.options import PromptOptions, RuntimeOptions
+    from satseg.inference.remote import check_remote
     from satseg.outputs.case import OutputOptions, check_output_dir
+    from satseg.outputs.clinical import check_cohort_dicom_inputs, parse_output_types, wants_dicom
     from satseg.outputs.cohort_table import part_name
 
     if collect:
@@ -66,6 +70,12 @@ def batch(
     if jobs is not None and inputs:
         raise InputError("give either INPUTS or --jobs, not both")
     check_model_name(model, device=device, precision=precision)
+    options = OutputOptions.for_types(parse_output_types(output_type), probabilities=probabilities, multilabel=ml,
+                                      statistics=statistics, preview=preview,
+                                      report="report.json" if report else None)
+    if store_to and not wants_dicom(options):
+        raise InputError("--store-to sends DICOM objects: add --output-type dicom-seg and/or rtstruct")
+    check_remote(None, store_to)
     cases = read_jobs(jobs) if jobs is not None else expand_inputs(list(inputs or []))
     # This process's share: --shard, and the launcher's (a Slurm job array's task, torchrun's rank), each
     # applied to what the one before left, so shares of shares stay disjoint and cover the cohort.
@@ -79,15 +89,15 @@ def batch(
     check_output_dir(out)
     prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
     check_cohort_prompts(cases, prompts, modality, prompt_options)
+    check_cohort_dicom_inputs(cases, options)
     runtime = RuntimeOptions(device=local_device(device), precision=precision, window_batch=window_batch,
                              prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
-    options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
-                            report="report.json" if report else None)
     table = part_name(shares)
     lines = _Lines(len(cases))
     outcomes = segment_files(cases, out, prompts, model=model, runtime=runtime, modality=modality,
                              orientation=orientation, prompt_options=prompt_options, outputs=options,
-                             cohort=CohortOptions(overwrite=overwrite, read_workers=read_workers, table=table),
+                             cohort=CohortOptions(overwrite=overwrite, read_workers=read_workers, table=table,
+                                                  store_to=store_to),
                              hooks=Hooks(outcome=lines.outcome, stage=stage, progress=window_progress))
     lines.summary()
     rows = sum(len(o.rows) for o in outcomes)

@@ -37,10 +37,17 @@ PROBABILITIES = typer.Option(False, "--probabilities",
 MULTILABEL = typer.Option(False, "--ml", help="Also write one multilabel file segmentation.nii.gz + legend.")
 STATISTICS = typer.Option(False, "--statistics", help="Write statistics.json (volumes, intensities, boxes).")
 PREVIEW = typer.Option(False, "--preview", help="Write preview.png (axial, coronal, sagittal overlays).")
+OUTPUT_TYPE = typer.Option(None, "--output-type",
+                           help="nifti | dicom-seg | rtstruct, comma-separated or repeated (default nifti). The DICOM "
+                                "ones need a DICOM scan (or --reference-series): segmentation.seg.dcm, rtstruct.dcm.")
+STORE_TO = typer.Option(None, "--store-to",
+                        help="DICOMweb URL (base or study) to send the DICOM-SEG/RTSTRUCT to with STOW-RS once written "
+                             "(credentials: SATSEG_DICOMWEB_TOKEN, or SATSEG_DICOMWEB_USER + _PASSWORD).")
 
 
 def segment(
-    scan: Path = typer.Argument(..., help="Scan: NIfTI / NRRD / MHA file, DICOM folder or .zip."),
+    scan: str = typer.Argument(..., help="Scan: NIfTI / NRRD / MHA file, DICOM folder or .zip, or a DICOMweb series "
+                                         "URL (…/dicom-web/studies/<uid>/series/<uid>)."),
     prompts: list[str] = typer.Option(None, "--prompt", "-p", help="Structure to segment (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     model: str = MODEL,
@@ -61,41 +68,58 @@ def segment(
     statistics: bool = STATISTICS,
     preview: bool = PREVIEW,
     report: Path = typer.Option(None, "--report", help="Write a run report (JSON) to this path."),
+    output_type: list[str] = OUTPUT_TYPE,
+    reference_series: Path = typer.Option(None, "--reference-series",
+                                          help="The DICOM series a NIfTI scan was made from, for DICOM outputs "
+                                               "(its geometry must be the scan's)."),
+    store_to: str = STORE_TO,
 ) -> None:
-    from satseg.errors import SatsegError
+    from satseg.errors import InputError, SatsegError
     from satseg.inference.cohort import Case
     from satseg.inference.engine import CohortOptions, Hooks, segment_files
     from satseg.inference.options import PromptOptions, RuntimeOptions, ScanOptions
     from satseg.inference.prepare import prepare_case
+    from satseg.inference.remote import check_remote, local_scan, store_results
     from satseg.outputs.case import OutputOptions, check_output_dir
+    from satseg.outputs.clinical import check_dicom_outputs, parse_output_types, wants_dicom
 
     started = time.perf_counter()
     # Everything the user can get wrong is checked before the scan is read, a model is loaded or the network is
     # touched: options first, then the output folder, then the scan and the prompts.
     check_model_name(model, device=device, precision=precision)
+    options = OutputOptions.for_types(parse_output_types(output_type), probabilities=probabilities, multilabel=ml,
+                                      statistics=statistics, preview=preview, report=str(report) if report else None,
+                                      reference_series=str(reference_series) if reference_series else None)
+    if store_to and not wants_dicom(options):
+        raise InputError("--store-to sends DICOM objects: add --output-type dicom-seg and/or rtstruct")
+    if reference_series is not None and not wants_dicom(options):
+        raise InputError("--reference-series is for DICOM outputs: add --output-type dicom-seg and/or rtstruct")
+    check_remote(scan, store_to)
     check_output_dir(out)
     if report is not None and (report if report.is_absolute() else out / report).is_dir():
-        from satseg.errors import InputError
-
         raise InputError(f"--report {report} is a folder; give the path of the JSON file to write")
     scan_options = ScanOptions(modality=modality, orientation=orientation, series=series, volume=volume)
     prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
-    stage(f"reading {scan}")
-    prepared = prepare_case(scan, prompts or [], scan_options, prompt_options)  # refused here: exit 2, no output
     runtime = RuntimeOptions(device=device, precision=precision, window_batch=window_batch,
                              prompt_chunk=prompt_chunk, threads=threads, compile=compile_model)
-    options = OutputOptions(probabilities=probabilities, multilabel=ml, statistics=statistics, preview=preview,
-                            report=str(report) if report else None)
-    case = Case(path=scan, name=prepared.volume.name, prompts=list(prompts or []), modality=modality,
-                orientation=orientation, prepared=prepared)
-    [outcome] = segment_files([case], out, model=model, runtime=runtime, prompt_options=prompt_options,
-                              outputs=options, hooks=Hooks(stage=stage, progress=window_progress),
-                              cohort=CohortOptions(read_workers=0, write_threads=0, overwrite=True,
-                                                   case_folders=False, table=None))
+    with local_scan(scan, stage) as path:
+        stage(f"reading {scan}")
+        prepared = prepare_case(path, prompts or [], scan_options, prompt_options)  # refused here: exit 2, no output
+        check_dicom_outputs(prepared.volume, options)
+        case = Case(path=Path(path), name=prepared.volume.name, prompts=list(prompts or []), modality=modality,
+                    orientation=orientation, prepared=prepared)
+        [outcome] = segment_files([case], out, model=model, runtime=runtime, prompt_options=prompt_options,
+                                  outputs=options, hooks=Hooks(stage=stage, progress=window_progress),
+                                  cohort=CohortOptions(read_workers=0, write_threads=0, overwrite=True,
+                                                       case_folders=False, table=None))
     if outcome.status == "failed":  # the case's own error, as `satseg SCAN` has always raised it
         raise outcome.exception or SatsegError(outcome.detail)
     typer.echo(f"{case.name}: {outcome.structures} structure(s), {outcome.found} found, {len(outcome.written)} "
                f"file(s) in {out} ({time.perf_counter() - started:.1f} s)")
+    if store_to:
+        stored = store_results(store_to, outcome.written, stage)
+        if stored is not None:
+            typer.echo(f"stored {len(stored['stored'])} object(s) at {stored.get('retrieve_url') or store_to}")
 
 
 def check_model_name(model: str, *, device: str = "auto", precision: str = "auto") -> None:

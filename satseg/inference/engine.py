@@ -45,6 +45,8 @@ class CohortOptions:
         case_folders: one sub-folder per case (``batch``); ``False``: the single case is written into ``out_dir``
             itself (``satseg SCAN -o OUT``).
         table: file name of the cohort table written into ``out_dir`` at the end (``None``: none).
+        store_to: a DICOMweb URL each case's DICOM objects are sent to once written (a refusal fails the case; its
+            files stay).
     """
 
     read_workers: int | None = None
@@ -53,6 +55,7 @@ class CohortOptions:
     overwrite: bool = False
     case_folders: bool = True
     table: str | None = "cohort.csv"
+    store_to: str | None = None
 
 
 @dataclass
@@ -182,8 +185,11 @@ class _Engine:
 
         scan_options = ScanOptions(modality=case.modality or self.modality,
                                    orientation=case.orientation or self.orientation)
+        from satseg.outputs.clinical import wants_dicom
+
         return ReadJob(path=case.path, prompts=tuple(self._prompts(case)), scan_options=scan_options,
-                       prompt_options=self.prompt_options, spacing=spacing)
+                       prompt_options=self.prompt_options, spacing=spacing,
+                       dicom_outputs=self.outputs if wants_dicom(self.outputs) else None)
 
     def _cpu_spacing(self):
         """The model grid's spacing when the model will run on the CPU (workers then resample), else ``None``."""
@@ -296,6 +302,10 @@ class _Engine:
                     self._stage(f"writing to {self._case_dir(case)}")
                 written = write_segmentation(result, self._case_dir(case), self.outputs, report=report,
                                              request=request, statistics=statistics)
+                if self.cohort.store_to:
+                    from satseg.inference.remote import store_results
+
+                    store_results(self.cohort.store_to, written, self._stage)
             except (SatsegError, *CASE_ERRORS) as exc:
                 self._fail(case, error_line(exc), started, exc)
                 return

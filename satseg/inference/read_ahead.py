@@ -35,6 +35,8 @@ class ReadJob:
         prompts: the prompt texts.
         scan_options, prompt_options: as for :func:`~satseg.inference.prepare.prepare_case`.
         spacing: the model grid's spacing (mm) to resample to in the worker; ``None``: the model's process does it.
+        dicom_outputs: the output options when DICOM outputs are asked for: their source series is checked before
+            the case reaches the model.
     """
 
     path: Path
@@ -42,6 +44,7 @@ class ReadJob:
     scan_options: ScanOptions
     prompt_options: PromptOptions
     spacing: tuple[float, float, float] | None = None
+    dicom_outputs: object = None
 
 
 @dataclass
@@ -71,6 +74,10 @@ def read_case(job: ReadJob) -> ReadAnswer:
     with WarningRecorder() as recorder:
         try:
             case = prepare_case(job.path, list(job.prompts), job.scan_options, job.prompt_options)
+            if job.dicom_outputs is not None:
+                from satseg.outputs.clinical import check_dicom_outputs
+
+                check_dicom_outputs(case.volume, job.dicom_outputs)
             if job.spacing is not None:
                 orientation = choose_orientation(case.volume, case.scan_options.orientation)
                 case.model_grid = on_model_grid(case.volume, case.modality, orientation, job.spacing)

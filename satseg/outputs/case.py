@@ -30,7 +30,11 @@ class OutputOptions:
         statistics: ``statistics.json`` (volumes, intensities, bounding boxes, centroids).
         preview: ``preview.png`` (axial / coronal / sagittal overlays).
         report: path of a run report (JSON); relative paths are inside the output folder.
-        masks: one mask file per prompt (on by default; ``--ml`` alone can turn it off).
+        masks: one NIfTI mask file per prompt (``--output-type nifti``, the default).
+        dicom_seg: a DICOM Segmentation ``segmentation.seg.dcm`` (``--output-type dicom-seg``).
+        rtstruct: an RT Structure Set ``rtstruct.dcm`` (``--output-type rtstruct``).
+        reference_series: the DICOM series a non-DICOM scan was made from (``--reference-series``), for the DICOM
+            outputs.
     """
 
     probabilities: bool = False
@@ -39,6 +43,15 @@ class OutputOptions:
     preview: bool = False
     report: str | None = None
     masks: bool = True
+    dicom_seg: bool = False
+    rtstruct: bool = False
+    reference_series: str | None = None
+
+    @classmethod
+    def for_types(cls, output_types: tuple[str, ...], **options) -> OutputOptions:
+        """Options for ``--output-type`` values (:func:`~satseg.outputs.clinical.parse_output_types`)."""
+        return cls(masks="nifti" in output_types, dicom_seg="dicom-seg" in output_types,
+                   rtstruct="rtstruct" in output_types, **options)
 
 
 def check_output_dir(out_dir: Path) -> Path:
@@ -103,6 +116,9 @@ def case_request(*, prompts: list[str], model: str, options: OutputOptions, inpu
     """Everything a finished folder must have been made with to be skipped as done (JSON-ready)."""
     outputs = asdict(options)
     outputs["report"] = bool(options.report)
+    for clinical in ("dicom_seg", "rtstruct", "reference_series"):  # recorded when asked for (older records lack them)
+        if not outputs[clinical]:
+            del outputs[clinical]
     return {"prompts": list(prompts), "model": model, "outputs": outputs, "input": input_fingerprint(input_path),
             "modality": modality, "orientation": orientation}
 
@@ -116,6 +132,7 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
     is written as ``statistics.json`` if asked for and kept, per structure, in the completion record (the rows of
     ``cohort.csv``). A failure (full disk, kill) before the switch leaves the folder as it was; see the module doc.
     """
+    from satseg.outputs.clinical import write_clinical
     from satseg.outputs.cohort_table import structure_summary
     from satseg.outputs.masks import write_masks, write_probability
     from satseg.outputs.multilabel import legend_sidecar_path, write_multilabel
@@ -124,7 +141,8 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
     from satseg.outputs.statistics import compute_statistics, write_statistics
 
     if request is None:
-        request = case_request(prompts=[p.text for p in seg.prompts], model=seg.model, options=options, input_path=seg.volume.source)
+        request = case_request(prompts=[p.text for p in seg.prompts], model=seg.model, options=options,
+                               input_path=seg.volume.source)
     out_dir = _make_output_dir(out_dir)
     staging = prepare_folder(out_dir)
     try:
@@ -150,11 +168,13 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
             if options.preview:
                 write_preview(seg.volume, seg.masks, staging / "preview.png", modality=seg.modality)
                 written.append("preview.png")
+            clinical, summaries = write_clinical(seg, staging, options)
+            written += clinical
             report_entry = None
             if options.report and report is not None:
                 target = Path(options.report)
                 target = target if target.is_absolute() else out_dir / target
-                content = dict(report, outputs=[str(out_dir / w) for w in written])
+                content = dict(report, outputs=[str(out_dir / w) for w in written], **summaries)
                 if target.parent.resolve() == out_dir.resolve() and not target.name.startswith(".satseg-"):
                     write_report(staging / target.name, content)  # part of the result, verified with it
                     written.append(target.name)
@@ -164,7 +184,8 @@ def write_segmentation(seg, out_dir: Path, options: OutputOptions, *, report: di
             files = {rel: _file_record(staging / rel) for rel in written}
         except OSError as exc:
             raise _write_error(exc, out_dir) from exc
-        structures = None if statistics is None else structure_summary(statistics, {p.output_name: p.text for p in seg.prompts})
+        names = {p.output_name: p.text for p in seg.prompts}
+        structures = None if statistics is None else structure_summary(statistics, names)
         install(out_dir, staging, files, request, report=report_entry, structures=structures)
         final = [out_dir / rel for rel in written]
         if report_entry is not None:

@@ -1,0 +1,162 @@
+"""The clinical round trip through the command line: DICOM-SEG and RTSTRUCT beside the NIfTI masks, refusals
+before any model runs, and a real Orthanc PACS in and out over DICOMweb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from orthanc import orthanc_factory, with_uids  # noqa: F401 - the fixture
+from pipeline_helpers import error_lines, run_cli
+from test_dicom_seg import read_back
+
+PROMPTS = ["-p", "liver", "-p", "spleen", "-p", "left kidney"]
+
+
+@pytest.fixture(scope="module")
+def series(reference_files, tmp_path_factory) -> Path:
+    """The real TotalSegmentator CT series with the UIDs a SEG must reference (the shipped files have none)."""
+    folder = tmp_path_factory.mktemp("ct") / "series"
+    with_uids(reference_files / "example_ct_dicom", folder)
+    return folder
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_dicom_series_gives_seg_and_rtstruct_matching_the_nifti_masks(env, series, tmp_path):
+    from satseg.io import read_volume
+
+    out = tmp_path / "out"
+    done = run_cli(str(series), *PROMPTS, "-o", str(out), "--model", "tiny-test",
+                   "--output-type", "nifti,dicom-seg", "--output-type", "rtstruct", "--report", "report.json",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    masks = {p.name[: -len(".nii.gz")]: np.asarray(nib.load(p).dataobj) for p in out.glob("*.nii.gz")}
+    assert sorted(masks) == ["left_kidney", "liver", "spleen"]
+    present = [name for name in masks if masks[name].any()]
+    assert present, "the tiny model found nothing: the comparison below would be empty"
+    assert visible(out) == sorted([*(f"{n}.nii.gz" for n in masks), "report.json", "rtstruct.dcm",
+                                   "segmentation.seg.dcm"])
+    volume = read_volume(series)
+    back = read_back(out / "segmentation.seg.dcm", volume)
+    seg = pydicom.dcmread(out / "segmentation.seg.dcm")
+    labels = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    assert sorted(labels.values()) == sorted(p.replace("_", " ") for p in present)
+    for number, label in labels.items():
+        np.testing.assert_array_equal(back[number], masks[label.replace(" ", "_")])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
+    rt = pydicom.dcmread(out / "rtstruct.dcm")
+    assert len(rt.StructureSetROISequence) == len(present)
+    report = json.loads((out / "report.json").read_text())
+    assert report["dicom_seg"]["path"] == "segmentation.seg.dcm"
+    assert sorted(report["dicom_seg"]["empty"]) == sorted(set(masks) - set(present))
+
+
+def test_dicom_only_output_writes_no_nifti(env, series, tmp_path):
+    out = tmp_path / "out"
+    done = run_cli(str(series), *PROMPTS, "-o", str(out), "--model", "tiny-test", "--output-type", "dicom-seg",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    assert visible(out) == ["segmentation.seg.dcm"]
+
+
+def test_nifti_input_with_a_dicom_output_is_a_usage_error_unless_reference_series(env, series, tmp_path):
+    from satseg.io import read_volume
+
+    volume = read_volume(series)
+    nifti = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), nifti)
+    out = tmp_path / "out"
+    refused = run_cli(str(nifti), "-p", "liver", "-o", str(out), "--model", "tiny-test", "--output-type", "rtstruct",
+                      env=env)
+    assert refused.returncode == 2 and not out.exists()
+    [line] = error_lines(refused.stderr)
+    assert "--reference-series" in line
+    done = run_cli(str(nifti), *PROMPTS, "-o", str(out), "--model", "tiny-test", "--output-type", "nifti,dicom-seg",
+                   "--reference-series", str(series), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "segmentation.seg.dcm" in visible(out)
+    # A reference series whose grid is not the scan's is refused before any model runs.
+    cropped = tmp_path / "cropped.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array[:, :, 2:], volume.affine), cropped)
+    other = tmp_path / "other"
+    refused = run_cli(str(cropped), "-p", "liver", "-o", str(other), "--model", "no-such-model-needed",
+                      "--output-type", "dicom-seg", "--reference-series", str(series), env=env)
+    assert refused.returncode == 2 and not other.exists()
+
+
+def test_batch_refuses_dicom_outputs_for_nifti_inputs_before_any_case(env, small_scan, tmp_path):
+    out = tmp_path / "out"
+    refused = run_cli("batch", str(small_scan), "-p", "liver", "-o", str(out), "--model", "tiny-test",
+                      "--output-type", "dicom-seg", env=env)
+    assert refused.returncode == 2 and not out.exists()
+    assert "DICOM" in error_lines(refused.stderr)[0]
+
+
+def test_batch_writes_dicom_outputs_per_case(env, series, tmp_path):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(series, cohort / "patient_a")
+    with_uids(series, cohort / "patient_b")
+    out = tmp_path / "out"
+    done = run_cli("batch", str(cohort), *PROMPTS, "-o", str(out), "--model", "tiny-test", "--output-type",
+                   "nifti,dicom-seg", env=env)
+    assert done.returncode == 0, done.stderr
+    for case in ("patient_a", "patient_b"):
+        assert "segmentation.seg.dcm" in visible(out / case)
+    again = run_cli("batch", str(cohort), *PROMPTS, "-o", str(out), "--model", "tiny-test", "--output-type",
+                    "nifti,dicom-seg", env=env)
+    assert again.stdout.count("skipped") == 2
+
+
+def test_unknown_output_type_and_store_without_dicom_are_usage_errors(env, series, tmp_path):
+    for extra in (["--output-type", "png"], ["--store-to", "http://127.0.0.1:9/dicom-web"]):
+        done = run_cli(str(series), "-p", "liver", "-o", str(tmp_path / "o"), "--model", "tiny-test", *extra,
+                       env=env)
+        assert done.returncode == 2, done.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_series_from_orthanc_segmented_and_seg_stored_back(env, series, tmp_path, orthanc_factory):  # noqa: F811
+    server = orthanc_factory()
+    study, series_uid = server.upload_series(series)
+    out = tmp_path / "out"
+    done = run_cli(server.series_url(study, series_uid), *PROMPTS, "-o", str(out), "--model", "tiny-test",
+                   "--output-type", "dicom-seg", "--store-to", server.dicomweb, env=env)
+    assert done.returncode == 0, done.stderr
+    assert visible(out) == ["segmentation.seg.dcm"]
+    stored = pydicom.dcmread(out / "segmentation.seg.dcm")
+    found = server.get(f"/instances/{server.request('POST', '/tools/lookup', stored.SOPInstanceUID.encode())[0]['ID']}"
+                       "/simplified-tags")
+    assert found["Modality"] == "SEG" and found["StudyInstanceUID"] == study
+    referenced = stored.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert referenced == series_uid
+
+
+def test_refused_store_keeps_local_files_exits_non_zero_and_never_shows_the_password(env, series, tmp_path,
+                                                                                       orthanc_factory):  # noqa: F811
+    server = orthanc_factory(users={"radiology": "s3cret-pw"})
+    study, series_uid = server.upload_series(series)
+    out = tmp_path / "out"
+    fetch_env = dict(env, SATSEG_DICOMWEB_USER="radiology", SATSEG_DICOMWEB_PASSWORD="s3cret-pw")
+    first = run_cli(server.series_url(study, series_uid), *PROMPTS, "-o", str(out), "--model", "tiny-test",
+                    "--output-type", "dicom-seg", env=fetch_env)
+    assert first.returncode == 0, first.stderr
+    wrong = dict(env, SATSEG_DICOMWEB_USER="radiology", SATSEG_DICOMWEB_PASSWORD="wrong-pw-123")
+    local = tmp_path / "local"
+    shutil.copytree(series, local)
+    done = run_cli(str(local), *PROMPTS, "-o", str(tmp_path / "out2"), "--model", "tiny-test",
+                   "--output-type", "dicom-seg", "--store-to", server.dicomweb, env=wrong)
+    assert done.returncode != 0
+    assert visible(tmp_path / "out2") == ["segmentation.seg.dcm"]  # written locally before the store
+    assert "401" in done.stderr and "wrong-pw-123" not in done.stderr + done.stdout
+    assert "s3cret-pw" not in first.stderr + first.stdout
+    assert os.environ.get("SATSEG_DICOMWEB_PASSWORD") is None
