@@ -116,7 +116,7 @@ def run_case(predictor, scan: Path, prompts: list[str], out_dir: Path, reference
     cuda = predictor.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    predictor._embeddings.clear()
+    predictor.text._embeddings.clear()
     start = time.perf_counter()
     with PeakRSS() as rss:
         seg = predictor.segment(scan, prompts, probabilities=reference)
@@ -133,7 +133,7 @@ def run_case(predictor, scan: Path, prompts: list[str], out_dir: Path, reference
     }
     row = {"total_s": total, "stages_s": stages, "peak_rss_gib": rss.peak / 2**30,
            "windows": stats.planned, "windows_computed": stats.computed, "gzip": gzip_backend(),
-           "crop_stop": list(seg.grid.get("crop_stop", [])), "input_shape": list(seg.volume.shape)}
+           "crop_stop": list(seg.grid_dict().get("crop_stop", [])), "input_shape": list(seg.volume.shape)}
     if cuda:
         row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if reference:
@@ -153,7 +153,7 @@ def compare_with_reference(predictor, seg, prompts: list[str]) -> dict:
     raw, record = to_model_grid(seg.volume, orientation=choose_orientation(seg.volume, "auto"),
                                 spacing_mm=predictor.model.config.spacing)
     image = torch.from_numpy(normalize(raw, seg.modality))
-    terms = list(dict.fromkeys(t for r in seg.resolutions for t in r["terms"]))
+    terms = list(dict.fromkeys(t for p in seg.prompts for t in p.terms))
     queries = predictor.embed(terms, seg.modality)
     start = time.perf_counter()
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -168,8 +168,9 @@ def compare_with_reference(predictor, seg, prompts: list[str]) -> dict:
     ref_s = time.perf_counter() - start
     index = {t: i for i, t in enumerate(terms)}
     worst, inter, total = 0.0, 0, 0
-    for name, resolution in zip(seg.names, seg.resolutions):
-        prob = record.to_input_grid(ref[[index[t] for t in resolution["terms"]]].amax(dim=0).numpy(), order="linear")
+    for prompt in seg.prompts:
+        name = prompt.output_name
+        prob = record.to_input_grid(ref[[index[t] for t in prompt.terms]].amax(dim=0).numpy(), order="linear")
         worst = max(worst, float(np.abs(prob - seg.probabilities[name]).max()))
         a, b = prob > 0.5, seg.masks[name].astype(bool)
         inter, total = inter + int((a & b).sum()), total + int(a.sum() + b.sum())

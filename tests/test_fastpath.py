@@ -146,8 +146,11 @@ def test_a_failure_part_way_through_casting_leaves_every_weight_in_float32(monke
     from satseg.inference.predictor import Predictor
 
     torch.manual_seed(0)
+    from satseg.inference.runtime import DeviceState
+
     predictor = Predictor.__new__(Predictor)
     predictor.model = build_sat("tiny").eval()
+    predictor.state = DeviceState(device=torch.device("cpu"), autocast=None)
     before = {k: v.clone() for k, v in predictor.model.state_dict().items()}
     real_to, calls = torch.Tensor.to, []
 

@@ -105,30 +105,11 @@ class Predictor:
                         *, download: bool = True) -> Predictor:
         """Resolve (download, verify) and load a named model from the weights manifest or the local registry."""
         from satseg import weights
-        from satseg.model.build import build_sat, build_text_encoder
-        from satseg.model.checkpoint import load_satseg_weights, load_segmentation_checkpoint, load_text_checkpoint
-        from satseg.model.text import SATTokenizer
+        from satseg.model.factory import load_model
 
-        files = weights.resolve_model(name, download=download)
-        architecture = files.variant
-        if files.format == "satseg-safetensors":  # a trained model may differ from its variant's preset
-            from satseg.model.checkpoint import read_satseg_metadata
-
-            architecture = weights.satseg_file_config(read_satseg_metadata(files.checkpoint))
-        model = build_sat(architecture, device="meta")
-        text = build_text_encoder(architecture, device="meta")
-        if files.format == "satseg-safetensors":
-            load_satseg_weights(model, text, files.checkpoint, assign=True)
-        else:
-            load_segmentation_checkpoint(model, files.checkpoint, assign=True)
-            load_text_checkpoint(text, files.text_checkpoint, assign=True)
-        tokenizer = SATTokenizer(files.tokenizer, max_tokens=model.config.text.max_tokens)
-        # Cached text embeddings belong to these exact files: their sha256 when it is known (checked just
-        # above), else the identity the sha256 cache trusts (inode, ctime, ...): a rewritten file is a new key.
-        identity = ":".join([files.name] + [weights.cached_sha256(p) or weights.file_identity(p)
-                                           for p in (files.checkpoint, files.text_checkpoint)])
-        return cls(model, text, tokenizer, name=name, runtime=runtime,
-                   embedding_cache=weights.satseg_home() / "cache" / "text-embeddings", cache_key=identity)
+        loaded = load_model(name, download=download)  # resolved, verified, strictly loaded: the one factory
+        return cls(loaded.model, loaded.text_encoder, loaded.tokenizer, name=name, runtime=runtime,
+                   embedding_cache=weights.satseg_home() / "cache" / "text-embeddings", cache_key=loaded.cache_key)
 
     # -- image ---------------------------------------------------------------------------------------
 
