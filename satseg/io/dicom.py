@@ -16,6 +16,15 @@ warn):
   equidistant ``_Eq`` copy); a NIfTI grid has one slice spacing, so reading it would put every slice past the gap
   at the wrong place, and resampling would invent a slice. Two slices at the same position (a 4D series or a
   duplicate file) are refused too.
+- Gantry tilt: the slice positions must step along the slice normal (row × column cosines). A CT acquired with a
+  tilted gantry has its slices rotated while the table moves along the body axis, so its stack is sheared; stacked
+  on a NIfTI grid (orthogonal axes) slice k would be shifted in its plane by k × spacing × tan(tilt), about 10 mm by
+  slice 20 of a 2 mm series at 15°. Such a series is refused with the tilt angle and the two slices that show it
+  (from 0.0325°, where dcm2niix v1.0.20220720 reports a tilt; sideways offsets up to 0.01 mm are taken for rounding),
+  pointing to dcm2niix, which writes a resampled, tilt-corrected copy (``*_Tilt_1.nii``). Like uneven spacing it is
+  refused rather than resampled: resampling interpolates voxels that were never measured, and the masks would be on
+  a grid that is not the series'. The check applies to classic slices and to the frames of multi-frame images
+  alike, before either converter runs.
 - Enhanced and legacy-converted multi-frame images: each frame is read with the position, orientation, pixel spacing
   and rescale (PixelValueTransformationSequence) of its Per-frame Functional Groups, or of the Shared ones, and the
   frames are converted exactly like the slices of a classic series (the same voxels and affine as the classic
@@ -86,7 +95,7 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
     # Geometry first, from the headers: a series that cannot be stacked is refused before any pixel is decoded.
     slices = [s for file, header in headers for s in _slices_of(file, header, folder, where)]
     _check_consistent(slices, uid, where)
-    slices = _sorted_evenly_spaced(slices, where)
+    slices = _sorted_evenly_spaced(slices, where, uid)
     datasets = _load_datasets(slices, where)
     multiframe = any(s.frame is not None for s in slices)
     first = headers[0][1]

@@ -21,6 +21,15 @@ from satseg.io._common import _fmt, _one_line
 SLICE_GAP_TOL_MM = 0.2
 # Two slices closer than this along the slice normal are at the same position.
 SAME_POSITION_MM = 0.01
+# A stack is sheared (gantry tilt) when a slice lies off the line through the first slice along the slice normal by
+# more than this angle, seen from the first slice: where dcm2niix v1.0.20220720 reports a gantry tilt and writes a
+# tilt-corrected copy (1 - cos(angle) beyond float32's epsilon: from 0.033° on, not at 0.032°). dcm2niix from
+# v1.0.20240202 reports tilts from 0.81° only (1 - cos(angle) > 1e-4, against a NaN from rounding); at 0.8° a
+# 400 mm stack stacked straight would put its last slice 5.6 mm off, at 0.0325° 0.23 mm (about SLICE_GAP_TOL_MM).
+TILT_TOL_DEG = 0.0325
+# ... and by more than this distance in the slice plane (rounding of the positions' decimal strings): a slice 1 mm
+# from the first may be 0.01 mm aside (0.6°) without a tilt being claimed.
+TILT_ROUNDING_MM = 0.01
 NO_GEOMETRY = "no slice position/orientation: cannot place the voxels in space"
 
 
@@ -243,9 +252,9 @@ def _check_consistent(slices: list[_Slice], uid: str, where: str) -> None:
                          f"({len(kinds)} kinds)")
 
 
-def _sorted_evenly_spaced(slices: list[_Slice], where: str) -> list[_Slice]:
-    """``slices`` sorted along the slice normal; refused when two share a position or the gaps are uneven (see the
-    module doc)."""
+def _sorted_evenly_spaced(slices: list[_Slice], where: str, uid: str = "") -> list[_Slice]:
+    """``slices`` sorted along the slice normal; refused when two share a position, the stack is sheared (gantry
+    tilt, :func:`_check_not_tilted`) or the gaps are uneven (see the module doc)."""
     orientation = slices[0].orientation
     normal = np.cross(orientation[:3], orientation[3:])
     distance = np.array([float(s.position @ normal) for s in slices])
@@ -261,6 +270,7 @@ def _sorted_evenly_spaced(slices: list[_Slice], where: str) -> list[_Slice]:
             f"({_mm(distance[i])} mm along the slice normal): a 4D series (time points, echoes) or a duplicate "
             "file; give one volume per series"
         )
+    _check_not_tilted(slices, uid, where)
     spacing = float(np.median(gaps))
     tolerance = min(SLICE_GAP_TOL_MM, spacing / 2)
     uneven = np.abs(gaps - spacing) > tolerance
@@ -272,6 +282,42 @@ def _sorted_evenly_spaced(slices: list[_Slice], where: str) -> list[_Slice]:
             f"{len(slices)} ({slices[i].name}, {slices[i + 1].name}) where the spacing is {_mm(spacing)} mm ({why})"
         )
     return slices
+
+
+def _check_not_tilted(slices: list[_Slice], uid: str, where: str) -> None:
+    """Refuse a sheared stack: slices (sorted along the normal) whose positions do not step along the slice normal.
+
+    A CT acquired with a gantry tilt has slices rotated about the left-right axis while the table moves along the
+    body axis: ImagePositionPatient steps by ``gap / cos(tilt)`` along the body axis, not along the slice normal
+    (row cosine × column cosine). A NIfTI grid has orthogonal axes, so stacking the slices straight would shift slice
+    k in its plane by ``k × gap × tan(tilt)`` (10 mm by slice 20 of a 2 mm series at 15°), and the sheared grid that
+    would place them right is refused by the reader's orthonormality check. The angle is measured like dcm2niix's
+    estimate (the step from the first slice to each slice against the normal; the last slice for a uniform tilt);
+    the tolerances are :data:`TILT_TOL_DEG` and :data:`TILT_ROUNDING_MM`. GantryDetectorTilt (0018,1120) is not
+    read: the standard calls it nominal, "not intended for mathematical computations", and tools that resample a
+    tilted series do not always reset it.
+    """
+    if len(slices) < 2:
+        return
+    orientation = slices[0].orientation
+    normal = np.cross(orientation[:3], orientation[3:])
+    normal = normal / np.linalg.norm(normal)
+    offsets = np.array([s.position - slices[0].position for s in slices])  # (slices, 3) mm, from the first slice
+    along = offsets @ normal  # (slices,) mm along the slice normal
+    aside = np.linalg.norm(offsets - along[:, None] * normal, axis=1)  # (slices,) mm in the slice plane
+    allowed = np.maximum(TILT_ROUNDING_MM, np.abs(along) * np.tan(np.radians(TILT_TOL_DEG)))
+    sheared = aside > allowed
+    if not np.any(sheared):
+        return
+    k = int(np.argmax(np.where(sheared, aside, -1.0)))  # the slice a straight stack would misplace most
+    angle = float(np.degrees(np.arctan2(aside[k], abs(along[k]))))
+    series = f"series {uid}" if uid else "the series"
+    raise InputError(
+        f"{where}: {series} is gantry-tilted: its slice positions step {angle:.3g}° off the slice normal "
+        f"({slices[0].name} to {slices[k].name}: {_mm(aside[k])} mm sideways over {_mm(abs(along[k]))} mm), so a "
+        "straight stack would misplace its slices; resample it with dcm2niix (it writes a tilt-corrected copy, "
+        "*_Tilt_1.nii) and segment that"
+    )
 
 
 def _relative(file: Path, folder: Path) -> str:
