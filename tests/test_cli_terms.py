@@ -130,3 +130,15 @@ def test_explain_of_an_untrained_modality_exits_2_unless_allowed(capsys):
     assert "trained on CT" in capsys.readouterr().err
     assert main(["terms", "--explain", "left lung", "-m", "mri", "--allow-untrained-modality"]) == 0
     assert "warning:" in capsys.readouterr().out
+
+
+def test_terms_json_shows_the_dicom_codes_of_every_entry_and_of_a_resolved_prompt(capsys):
+    entries = _json_out(capsys, ["terms", "--json"])
+    assert all(e["code"]["type"]["scheme"] in ("SCT", "99SATSEG") for e in entries)
+    by_entry = {e["entry"]: e for e in entries}
+    left_kidney = by_entry["ct_left kidney"]["code"]
+    assert (left_kidney["type"]["scheme"], left_kidney["type"]["value"]) == ("SCT", "64033007")  # Kidney
+    assert left_kidney["modifier"]["value"] == "7771000"  # Left
+    assert by_entry["ct_liver"]["code"]["type"]["value"] == "10200004"  # Liver
+    resolved = _json_out(capsys, ["terms", "--json", "--explain", "left kidney", "-m", "ct"])
+    assert resolved["code"] == left_kidney

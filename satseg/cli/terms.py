@@ -37,13 +37,20 @@ def terms(
                 _print_refusal(refusal)
             raise
         if as_json:
-            typer.echo(json.dumps(resolution.to_dict(), indent=2, ensure_ascii=False))
+            from satseg.vocabulary.codes import segment_code
+
+            data = resolution.to_dict()
+            data["code"] = segment_code(list(resolution.terms), explain) if resolution.method != "free-text" else None
+            typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
         else:
             _print_resolution(resolution)
         return
     entries = vocabulary.modality_terms(modality=modality, region=region, dataset=dataset, query=query)
     if as_json:
-        typer.echo(json.dumps([e.to_dict() for e in entries], indent=1, ensure_ascii=False))
+        from satseg.vocabulary.codes import anatomy_code
+
+        typer.echo(json.dumps([dict(e.to_dict(), code=anatomy_code(e.name)) for e in entries], indent=1,
+                              ensure_ascii=False))
         return
     if not entries:
         hint = f"; closest terms: {', '.join(vocabulary.suggest(query, modality=modality))}" if query else ""
