@@ -27,28 +27,36 @@ Errors are one line: an unreachable server (connection refused, unknown host, ti
 or for some instances) is a :class:`~satseg.errors.SatsegError` with the HTTP status and the server's answer.
 
 ``dicomweb-client`` (and ``requests``) are imported when a function needs them, so importing this module is cheap.
+The credentials (environment, Authorization header, masking) are read in :mod:`satseg.io.dicomweb_auth`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from satseg.errors import InputError, SatsegError
+from satseg.io.dicomweb_auth import (  # noqa: F401 - the credential names are part of this module's API too
+    PASSWORD_ENV,
+    TOKEN_ENV,
+    USER_ENV,
+    _bearer,
+    _credentials_from_env,
+    _HeaderAuth,
+    _mask,
+    _secret_forms,
+    credentials_source,
+)
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "SATSEG_DICOMWEB_TOKEN"
-USER_ENV = "SATSEG_DICOMWEB_USER"
-PASSWORD_ENV = "SATSEG_DICOMWEB_PASSWORD"
 CONNECT_TIMEOUT_S = 10.0
 ANSWER_CHARS = 300  # how much of a server's answer a message quotes
 
@@ -187,35 +195,6 @@ def store_instances(url: str, paths: Iterable[str | os.PathLike], *, token: str 
     return {"url": base, "study": study, "stored": stored, "retrieve_url": answer.get("RetrieveURL")}
 
 
-def credentials_source(environ: Mapping[str, str] | None = None) -> str | None:
-    """Which credentials the environment gives (``"SATSEG_DICOMWEB_TOKEN"``, ``"SATSEG_DICOMWEB_USER/..."``) or None.
-
-    Call it before long work so that a half-set or ambiguous setting fails at once (InputError naming the
-    variables, never their values).
-    """
-    credentials = _credentials_from_env(environ)
-    return None if credentials is None else credentials[1]
-
-
-def _credentials_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """``(Authorization header value, name of its source)`` from the environment, or None (no credentials)."""
-    env = os.environ if environ is None else environ
-    token, user, password = env.get(TOKEN_ENV, "").strip(), env.get(USER_ENV, ""), env.get(PASSWORD_ENV, "")
-    if token and (user or password):
-        raise InputError(f"set either {TOKEN_ENV} or {USER_ENV} and {PASSWORD_ENV}, not both")
-    if token:
-        return _bearer(token, TOKEN_ENV), TOKEN_ENV
-    if bool(user) != bool(password):
-        missing = PASSWORD_ENV if user else USER_ENV
-        raise InputError(f"{USER_ENV} and {PASSWORD_ENV} go together; {missing} is not set")
-    if not user:
-        return None
-    if ":" in user:
-        raise InputError(f"{USER_ENV} must not contain ':' (HTTP Basic authentication)")
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return f"Basic {encoded}", f"{USER_ENV}/{PASSWORD_ENV}"
-
-
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
@@ -271,13 +250,6 @@ def _host(base: str) -> str:
     return _host_of(parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme))
 
 
-def _bearer(token: str, source: str) -> str:
-    value = token if token.lower().startswith("bearer ") else f"Bearer {token}"
-    if not all(33 <= ord(c) <= 126 for c in value[7:].strip()) or not value[7:].strip():
-        raise InputError(f"{source} holds characters an HTTP header cannot carry (spaces, line breaks, non-ASCII)")
-    return value
-
-
 @contextlib.contextmanager
 def _client(base: str, token: str | None, timeout: float) -> Iterator[tuple]:
     """A DICOMwebClient for ``base`` with the credentials in its session, and the secrets to mask; the session's
@@ -306,19 +278,6 @@ def _client(base: str, token: str | None, timeout: float) -> Iterator[tuple]:
         yield client, secrets
 
 
-def _secret_forms(header: str, token: str | None) -> tuple[str, ...]:
-    forms = [header, header.split(" ", 1)[1]]
-    if token:
-        forms.append(token.strip())
-    if header.startswith("Basic "):
-        decoded = base64.b64decode(header[6:]).decode()
-        forms += [decoded, decoded.split(":", 1)[1]]
-    for name in (TOKEN_ENV, PASSWORD_ENV):
-        if os.environ.get(name, "").strip():
-            forms.append(os.environ[name].strip())
-    return tuple(sorted({f for f in forms if len(f) >= 3}, key=len, reverse=True))
-
-
 def _quiet_retrying() -> None:
     logger = logging.getLogger("retrying")
     if not any(isinstance(f, _BelowWarning) for f in logger.filters):
@@ -328,20 +287,6 @@ def _quiet_retrying() -> None:
 class _BelowWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING
-
-
-class _HeaderAuth:
-    """requests auth that sets one ``Authorization`` value; its repr shows nothing of it."""
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def __call__(self, request):
-        request.headers["Authorization"] = self._value
-        return request
-
-    def __repr__(self) -> str:
-        return "<credentials>"
 
 
 def _write_instances(datasets: Iterator, folder: Path, series: str, base: str) -> int:
@@ -420,7 +365,5 @@ def _reason(code) -> str:
 
 def _clip(text: str, secrets: Iterable[str]) -> str:
     """One line of at most :data:`ANSWER_CHARS` characters with every secret masked."""
-    line = " ".join(str(text).split())
-    for secret in secrets:
-        line = line.replace(secret, "***")
+    line = _mask(" ".join(str(text).split()), secrets)
     return line if len(line) <= ANSWER_CHARS else line[: ANSWER_CHARS - 3] + "..."
