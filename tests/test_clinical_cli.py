@@ -160,3 +160,35 @@ def test_refused_store_keeps_local_files_exits_non_zero_and_never_shows_the_pass
     assert "401" in done.stderr and "wrong-pw-123" not in done.stderr + done.stdout
     assert "s3cret-pw" not in first.stderr + first.stdout
     assert os.environ.get("SATSEG_DICOMWEB_PASSWORD") is None
+
+
+def test_batch_of_series_urls_from_orthanc_stores_one_seg_per_case(env, series, tmp_path,
+                                                                    orthanc_factory):  # noqa: F811
+    server = orthanc_factory()
+    urls = []
+    for name in ("a", "b"):
+        study, series_uid = server.upload_series(series if name == "a" else _renamed(series, tmp_path / name))
+        urls.append(server.series_url(study, series_uid))
+    out = tmp_path / "out"
+    done = run_cli("batch", *urls, *PROMPTS, "-o", str(out), "--model", "tiny-test", "--output-type",
+                   "nifti,dicom-seg", "--store-to", server.dicomweb, env=env)
+    assert done.returncode == 0, done.stderr
+    cases = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert cases == sorted(url.rsplit("/", 1)[-1] for url in urls)
+    for case in cases:
+        assert "segmentation.seg.dcm" in visible(out / case) and "liver.nii.gz" in visible(out / case)
+    segs = [i for i in server.get("/instances?expand") if i["MainDicomTags"].get("SOPInstanceUID")
+            and server.get(f"/instances/{i['ID']}/simplified-tags").get("Modality") == "SEG"]
+    assert len(segs) == 2
+    assert not list(Path(tempfile_dir()).glob("satseg-dicomweb-*"))  # the fetched series are removed
+
+
+def _renamed(series: Path, dest: Path) -> Path:
+    with_uids(series, dest)
+    return dest
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()

@@ -86,6 +86,8 @@ def batch(
         cases = select_shard(cases, (k, n))
         shares.append((k, n))
         log.info("%s: %d case(s) in this process's share %d/%d", where, len(cases), k, n)
+    for case in cases:  # DICOMweb series URLs are checked now, fetched when their case is read
+        check_remote(case.path if isinstance(case.path, str) else None, None)
     check_output_dir(out)
     prompt_options = PromptOptions(free_text=free_text, allow_untrained_modality=allow_untrained_modality)
     check_cohort_prompts(cases, prompts, modality, prompt_options)

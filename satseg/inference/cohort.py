@@ -28,7 +28,8 @@ LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
 class Case:
     """One scan of a cohort: where it is, what to call it, and optional per-case settings."""
 
-    path: Path
+    path: Path | str
+    """The scan's path, or a DICOMweb series URL (a ``str``)."""
     name: str
     prompts: list[str] | None = None
     modality: str | None = None
@@ -45,9 +46,11 @@ def is_scan_path(path: Path) -> bool:
     return path.name.lower().endswith(SCAN_SUFFIXES)
 
 
-def case_name(path: Path) -> str:
+def case_name(path: Path | str) -> str:
     """The case folder name for a scan: its file name without the scan suffix, made a safe folder name
-    (a scan called ``...nii.gz`` gives ``__``, never ``..``)."""
+    (a scan called ``...nii.gz`` gives ``__``, never ``..``); for a DICOMweb series URL, its series UID."""
+    if isinstance(path, str):
+        return safe_folder_name(path.rstrip("/").rsplit("/", 1)[-1])
     name = path.name
     for suffix in SCAN_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -100,8 +103,11 @@ def expand_inputs(inputs: list[str], stdin=None) -> list[Case]:
     """Scan paths, folders, list files and ``-`` → cases with unique names (in input order)."""
     if not inputs:
         raise InputError("no inputs: give scans, a folder, a list file, or - to read paths from standard input")
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for item in inputs:
+        if _is_series_url(item):
+            paths.append(item)  # a DICOMweb series, fetched when its case is read
+            continue
         if item == "-":
             stream = stdin or sys.stdin
             paths += _lines(getattr(stream, "buffer", stream).read(), "standard input")
@@ -115,6 +121,12 @@ def expand_inputs(inputs: list[str], stdin=None) -> list[Case]:
         else:
             paths.append(path)  # a scan (missing files fail as that case, not the whole cohort)
     return _unique([Case(path=p, name=case_name(p)) for p in paths])
+
+
+def _is_series_url(item) -> bool:
+    from satseg.inference.remote import is_remote
+
+    return is_remote(item)
 
 
 def read_jobs(path: Path) -> list[Case]:
@@ -170,7 +182,7 @@ def _unique(cases: list[Case]) -> list[Case]:
     seen: set[str] = set()
     for case in cases:
         if counts[key(case.name)] > 1:
-            parent = case.path.parent.name or "case"
+            parent = (case.path.parent.name if isinstance(case.path, Path) else "") or "case"
             case.name = safe_folder_name(f"{parent}_{case.name}")
         base, k = case.name, 2
         while key(case.name) in seen:

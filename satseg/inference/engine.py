@@ -129,6 +129,7 @@ class _Engine:
         self.modality, self.orientation, self.prompt_options = modality, orientation, prompt_options
         self.outputs, self.cohort, self.hooks = outputs, cohort, hooks
         self.predictor = None
+        self.scratch: Path | None = None
         self.load_s = 0.0
         self.outcomes: list[CaseOutcome] = []
         self.log = CaseLog()
@@ -160,6 +161,10 @@ class _Engine:
                 (case, request), answer = reads.next()
                 self._model_stage(case, request, answer, started[case.name])
             self._drain_writes(0)
+        if self.scratch is not None:
+            import shutil
+
+            shutil.rmtree(self.scratch, ignore_errors=True)
         if self.cohort.table and self.cohort.case_folders:
             rows = [row for outcome in self.outcomes for row in outcome.rows]
             if rows:
@@ -187,9 +192,26 @@ class _Engine:
                                    orientation=case.orientation or self.orientation)
         from satseg.outputs.clinical import wants_dicom
 
+        fetch_to = None
+        if isinstance(case.path, str):  # a DICOMweb series: fetched by the reader into the cohort's scratch folder
+            fetch_to = self._scratch() / case.name
         return ReadJob(path=case.path, prompts=tuple(self._prompts(case)), scan_options=scan_options,
                        prompt_options=self.prompt_options, spacing=spacing,
-                       dicom_outputs=self.outputs if wants_dicom(self.outputs) else None)
+                       dicom_outputs=self.outputs if wants_dicom(self.outputs) else None, fetch_to=fetch_to)
+
+    def _scratch(self) -> Path:
+        if self.scratch is None:
+            import tempfile
+
+            self.scratch = Path(tempfile.mkdtemp(prefix="satseg-dicomweb-"))
+        return self.scratch
+
+    def _done_with(self, case: Case) -> None:
+        """Remove what was fetched for ``case`` (a DICOMweb series) once it is written or failed."""
+        if self.scratch is not None:
+            import shutil
+
+            shutil.rmtree(self.scratch / case.name, ignore_errors=True)
 
     def _cpu_spacing(self):
         """The model grid's spacing when the model will run on the CPU (workers then resample), else ``None``."""
@@ -327,6 +349,7 @@ class _Engine:
         self._settle(case, "failed", error, started, rows=rows, exception=exc)
 
     def _settle(self, case: Case, status: str, detail: str, started: float, **extra) -> None:
+        self._done_with(case)
         outcome = CaseOutcome(case=case, status=status, detail=detail, seconds=time.perf_counter() - started,
                               warnings=self.log.messages(case.name), **extra)
         self.log.forget(case.name)

@@ -45,6 +45,8 @@ class ReadJob:
     prompt_options: PromptOptions
     spacing: tuple[float, float, float] | None = None
     dicom_outputs: object = None
+    fetch_to: Path | None = None
+    """Where a DICOMweb series (``path`` is its URL) is fetched; the engine removes it once the case is written."""
 
 
 @dataclass
@@ -73,7 +75,12 @@ def read_case(job: ReadJob) -> ReadAnswer:
 
     with WarningRecorder() as recorder:
         try:
-            case = prepare_case(job.path, list(job.prompts), job.scan_options, job.prompt_options)
+            path = job.path
+            if job.fetch_to is not None:
+                from satseg.io.dicomweb import fetch_series
+
+                path = fetch_series(str(job.path), job.fetch_to)
+            case = prepare_case(path, list(job.prompts), job.scan_options, job.prompt_options)
             if job.dicom_outputs is not None:
                 from satseg.outputs.clinical import check_dicom_outputs
 

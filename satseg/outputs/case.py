@@ -95,6 +95,8 @@ def input_fingerprint(path: str | os.PathLike | None) -> dict | None:
     for a folder (a DICOM series), the number, total size and newest mtime of its files."""
     if path is None:
         return None
+    if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
+        return {"url": path}  # a DICOMweb series: its UIDs name it
     path = Path(path)
     try:
         resolved = path.resolve()
