@@ -20,6 +20,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from satseg.io.volume import Volume
+
 import dicom_variants as dv
 from satseg.errors import InputError
 from satseg.io import read_volume
@@ -228,14 +230,20 @@ def test_reference_series_whose_geometry_differs_is_refused_naming_what(variants
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-def test_gantry_tilted_series_is_refused_not_written_misplaced(variants, tmp_path):
-    # satseg's reader stacks a tilted series on an orthogonal grid (SimpleITK), which misplaces slices after the
-    # first by tan(tilt) × distance; the writer sees that the frames are off the grid and refuses.
-    folder, volume, _ = variants("tilted")
-    masks = {s.name: np.ones(volume.shape, np.uint8) for s in SEGMENTS}
+def test_gantry_tilted_series_is_refused_not_written_misplaced(original, reference_files, tmp_path):
+    # The reader refuses a tilted series (tests/test_dicom_tilt.py); the writer's own check is the second line of
+    # defence: a straight stack of the tilted series' pixels (what a reader that ignores the tilt would give) is
+    # off the series' grid, so nothing is written.
+    classic, volume0, _ = original
+    folder, _transform = dv.make_variant("tilted", classic, tmp_path / "tilted")
+    with pytest.raises(InputError, match="gantry-tilted"):
+        read_volume(folder)
+    uid = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    straight = Volume(array=volume0.array, affine=volume0.affine, source=folder, meta=dict(volume0.meta, series_uid=uid))
+    masks = {s.name: np.ones(straight.shape, np.uint8) for s in SEGMENTS}
     with pytest.raises(InputError) as info:
-        write_dicom_seg(tmp_path / "s.dcm", masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
-    assert "gantry-tilted" in str(info.value) and "\n" not in str(info.value)
+        write_dicom_seg(tmp_path / "s.dcm", masks, straight, SEGMENTS, model_name="nano", software_version="0.1.0")
+    assert "grid" in str(info.value) and "\n" not in str(info.value), info.value
     assert not (tmp_path / "s.dcm").exists()
 
 
