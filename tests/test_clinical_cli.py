@@ -22,10 +22,32 @@ PROMPTS = ["-p", "liver", "-p", "spleen", "-p", "left kidney"]
 
 @pytest.fixture(scope="module")
 def series(reference_files, tmp_path_factory) -> Path:
-    """The real TotalSegmentator CT series with the UIDs a SEG must reference (the shipped files have none)."""
-    folder = tmp_path_factory.mktemp("ct") / "series"
-    with_uids(reference_files / "example_ct_dicom", folder)
-    return folder
+    """The real TotalSegmentator CT series, its central 200 × 200 pixels (a few windows for the tiny model; the
+    positions moved with the crop), with the UIDs a SEG must reference (the shipped files have none)."""
+    root = tmp_path_factory.mktemp("ct")
+    crop_series(reference_files / "example_ct_dicom", root / "crop", rows=slice(150, 350), cols=slice(150, 350))
+    with_uids(root / "crop", root / "series")
+    return root / "series"
+
+
+def crop_series(src: Path, dest: Path, *, rows: slice, cols: slice) -> None:
+    """Each slice of ``src`` cut to ``rows`` × ``cols`` (uncompressed), its ImagePositionPatient moved to the new
+    first pixel along the row and column directions."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    dest.mkdir(parents=True)
+    for path in sorted(p for p in src.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array[rows, cols].copy()
+        orientation = np.array(ds.ImageOrientationPatient, float)
+        step_row, step_col = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
+        position = (np.array(ds.ImagePositionPatient, float) + cols.start * step_col * orientation[:3]
+                    + rows.start * step_row * orientation[3:])
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.Rows, ds.Columns = pixels.shape
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(dest / path.name, enforce_file_format=True)
 
 
 def visible(folder: Path) -> list[str]:
@@ -59,6 +81,11 @@ def test_dicom_series_gives_seg_and_rtstruct_matching_the_nifti_masks(env, serie
     report = json.loads((out / "report.json").read_text())
     assert report["dicom_seg"]["path"] == "segmentation.seg.dcm"
     assert sorted(report["dicom_seg"]["empty"]) == sorted(set(masks) - set(present))
+    # The segmentation itself is unchanged by the DICOM outputs: a NIfTI-only run writes the same bytes.
+    plain = tmp_path / "plain"
+    assert run_cli(str(series), *PROMPTS, "-o", str(plain), "--model", "tiny-test", env=env).returncode == 0
+    assert {p.name: p.read_bytes() for p in plain.glob("*.nii.gz")} == {p.name: p.read_bytes()
+                                                                       for p in out.glob("*.nii.gz")}
 
 
 def test_dicom_only_output_writes_no_nifti(env, series, tmp_path):
