@@ -11,9 +11,8 @@ import os
 __version__ = "0.1.0"
 
 # Large CPU tensors on transparent huge pages (PyTorch's own switch, read once, before torch allocates): every
-# fresh activation otherwise pays a page fault per 4 KiB. Measured on a 2-core CPU, one SAT-Nano window: fp32
-# 65.3 → 45.9 s (12.9 M → 81 k minor page faults), bf16 36.7 → 34.1 s, same values, same peak RSS. Takes effect
-# when satseg is imported before torch (the CLI always is); THP_MEM_ALLOC_ENABLE=0 turns it off.
+# fresh activation otherwise pays a page fault per 4 KiB; same values, same peak RSS (benchmarks/RESULTS.md §4g).
+# Takes effect when satseg is imported before torch (the CLI always is); THP_MEM_ALLOC_ENABLE=0 turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 _API = ("segment", "segment_files", "Predictor", "Segmentation", "RuntimeOptions", "ScanOptions", "PromptOptions")

@@ -89,7 +89,7 @@ class GridRecord:
         value_dtype = np.float32 if spline_order == 1 else data.dtype
         out_dtype = np.uint8 if threshold is not None else value_dtype
         # Fortran-ordered per map, like the GPU's: NIfTI's on-disk order, so nibabel writes it without a
-        # transposing copy (a 512×512×300 mask: 9 instead of 200 ms).
+        # transposing copy (benchmarks/RESULTS.md, "Design notes from the code").
         result = np.zeros((data.shape[0], *self.input_shape[::-1]), dtype=out_dtype).transpose(0, 3, 2, 1)
         oriented = orient_view(result, self.ornt)
         plan = self._inverse_plan()
@@ -104,7 +104,7 @@ class GridRecord:
             else:
                 np.greater(values, threshold, out=target)  # thresholded in one pass, bool stored as 0/1
 
-        if spline_order == 1 and matrix.ndim == 1:  # axis-aligned: separable, ~4x faster than scipy
+        if spline_order == 1 and matrix.ndim == 1:  # axis-aligned: separable, cheaper than scipy's general path
             positions = _axis_positions(matrix, offset, extent)
             # Interpolate in the target's memory order (the input's first axis fastest): a streaming copy.
             layout = tuple(int(a) for a in np.argsort(-self.ornt[:, 0]))
@@ -125,7 +125,8 @@ class GridRecord:
 
         The values come from the same :func:`_separable_linear` as the numpy path (same float32 operations in the
         same order); what differs is only where the result is assembled: on the device, one map at a time, so
-        that each map crosses to the host as one contiguous block (the layout measured in benchmarks/RESULTS.md).
+        that each map crosses to the host as one contiguous block (benchmarks/RESULTS.md §5, "After the measured
+        runs").
         """
         import torch
 

@@ -39,7 +39,7 @@ def _resample(oriented: np.ndarray, record, order: int, dtype, start, out_shape)
     matrix = record.index_matrix
     offset = record.index_offset + matrix @ np.asarray(start, dtype=float)
     # scipy walks the output in C order: give it the input axes from largest to smallest stride (NIfTI data is
-    # usually Fortran-ordered, which is ~8x slower otherwise) and put the axes back afterwards (a view).
+    # usually Fortran-ordered, which is much slower otherwise) and put the axes back afterwards (a view).
     perm = np.argsort([-abs(s) for s in oriented.strides], kind="stable")
     sampled = ndimage.affine_transform(
         oriented.transpose(perm), _diagonal_or_full(matrix[np.ix_(perm, perm)]), offset=offset[perm],

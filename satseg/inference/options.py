@@ -35,13 +35,12 @@ class RuntimeOptions:
     Attributes:
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cuda"``, ``"cuda:1"``, ``"cpu"`` or ``"mps"``.
         precision: ``"auto"`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"``, ``"fp16"``.
-        window_batch: windows per forward pass; ``None`` picks 1 (on an H100 a second window per pass
-            gained nothing measurable, 74.1 vs 74.3 ms per SAT-Nano window, for twice the GPU memory:
-            benchmarks/RESULTS.md).
+        window_batch: windows per forward pass; ``None`` picks 1 (a second window per pass doubles the GPU
+            memory and gains no speed: benchmarks/RESULTS.md §5).
         prompt_chunk: prompts decoded together (the decoder treats prompts independently).
         threads: CPU threads for torch (``None``: torch's default).
         compile: ``torch.compile`` the image side on CUDA (a one-off compilation per process, then faster
-            windows: worth it for a cohort, not for one scan; benchmarks/RESULTS.md has the numbers).
+            windows: worth it for a cohort, not for one scan; benchmarks/RESULTS.md §5).
     """
 
     device: str = "auto"

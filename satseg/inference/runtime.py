@@ -48,8 +48,8 @@ def cast_conv_weights(model: torch.nn.Module, dtype: torch.dtype,
 
     Under autocast every convolution casts its weight and bias to the autocast dtype on each call (and
     autocast keeps those copies while it is active): stored in that dtype up front, the results are
-    bit-identical and the float32 copies no longer take GPU memory (SAT-Pro: 1.74 GB of its 1.9 GB of
-    weights are convolutions). Other layers (linear, attention, norms) are left in float32.
+    bit-identical and the float32 copies no longer take GPU memory (most of SAT-Pro's weights are
+    convolutions: benchmarks/RESULTS.md §5). Other layers (linear, attention, norms) are left in float32.
 
     Each original is recorded in ``originals`` (filled in place when given) before its parameter is cast, so
     a failure part-way (a GPU out of memory) leaves a dict that :func:`restore_weights` fully undoes.
@@ -76,11 +76,10 @@ def window_layout(device: torch.device, autocast: torch.dtype | None) -> torch.m
     """Memory layout of windows and weights: ``channels_last_3d`` on CUDA and for CPU autocast, contiguous for
     the CPU in fp32.
 
-    Measured (benchmarks/RESULTS.md): CPU autocast 0.28 vs 0.33 s per conv pair in channels_last_3d; on an
-    H100, SAT-Nano fp16, one window: channels_last_3d 83.5 ms and 5.28 GiB peak, contiguous 74.1 ms and
-    6.23 GiB (cuDNN converts contiguous inputs to NHWC and back, copies of full-resolution tensors). The
-    GPU takes the memory: ~1 GiB for ~40 ms per 4-window scan (torch.compile was measured in
-    channels_last_3d too).
+    CPU autocast convolutions are faster in channels_last_3d (benchmarks/RESULTS.md §2). On CUDA, cuDNN
+    converts contiguous inputs to NHWC and back (copies of full-resolution tensors): channels_last_3d is a
+    little slower per window but needs less peak memory, and memory is what the GPU is short of (§5;
+    torch.compile was measured in channels_last_3d too).
     """
     if device.type == "cuda" or (device.type == "cpu" and autocast is not None):
         return torch.channels_last_3d

@@ -21,8 +21,8 @@ from satseg.io._common import _fmt, _fmt_bytes, _one_line, _volume_index
 from satseg.io.memory import _check_memory
 from satseg.io.volume import Volume
 
-try:  # ISA-L's gzip reader: the same bytes and CRC check as the standard library's, twice as fast (measured
-    # 0.24 vs 0.46 s for a 512×512×300 int16 CT on the 2-core benchmark machine)
+try:  # ISA-L's gzip reader: the same bytes and CRC check as the standard library's, faster
+    # (benchmarks/RESULTS.md §5, "After the measured runs")
     from isal import igzip as _gzip_reader
     from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - isal is a dependency, but the standard library still reads

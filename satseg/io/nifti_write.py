@@ -76,9 +76,9 @@ def nifti_like(data: np.ndarray, like: Volume, *, intent: int, description: str)
 
 
 def gzip_backend() -> str:
-    """The gzip compressor ``.nii.gz`` files are written with: ``"isal"`` (igzip, the ``isal`` package, ~10x
-    faster than zlib at a smaller size), ``"zlib-ng"`` (the ``zlib-ng`` package), or ``"zlib"`` (the
-    standard library, as nibabel writes)."""
+    """The gzip compressor ``.nii.gz`` files are written with: ``"isal"`` (igzip, the ``isal`` package,
+    faster than zlib at a smaller size: benchmarks/RESULTS.md §1), ``"zlib-ng"`` (the ``zlib-ng`` package), or
+    ``"zlib"`` (the standard library, as nibabel writes)."""
     return _compressor()[0]
 
 
@@ -126,8 +126,8 @@ def save_nifti_atomic(image: nib.Nifti1Image, path: str | os.PathLike) -> Path:
     """Save ``image`` to ``path`` (``.nii`` or ``.nii.gz``) through a temporary file and a rename.
 
     ``.nii.gz`` is serialised by nibabel straight into a gzip stream of the fastest available compressor
-    (:func:`gzip_backend`): no uncompressed copy of the file is built in memory (measured on a 512×512×300
-    uint8 mask: 8.9 ms instead of 42 ms to serialise + 7 ms to compress; float32 maps 30 instead of 175 ms).
+    (:func:`gzip_backend`): no uncompressed copy of the file is built in memory, which was most of the
+    writing time (benchmarks/RESULTS.md §4e).
     The file is a standard single-member gzip stream that any reader opens.
     """
     path = Path(path)

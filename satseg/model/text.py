@@ -109,8 +109,8 @@ def init_fresh_modality_embedding(text: TextEncoder, std: float = 0.02) -> None:
 
     Queries are ``projection(text) + modality_embed``: with N(0, 1) rows (norm ≈ 8 at width 64, ≈ 28 at 768)
     the freshly initialised projection's output (norm ≈ 1) is a few percent of every query, so all prompts of a
-    modality start as one query (measured on the tiny preset: cosine 0.997-0.999 between spleen, liver and
-    both kidneys) and training learned organ-vs-background but not which organ. Small rows keep the prompts apart.
+    modality start as nearly one query and training learns organ-vs-background but not which organ
+    (benchmarks/RESULTS.md, "Design notes from the code"). Small rows keep the prompts apart.
     """
     with torch.no_grad():
         text.modality_embed.weight.normal_(0.0, std)

@@ -23,8 +23,8 @@ def instance_norm_leaky_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.
     The same function as ``nn.InstanceNorm3d(affine=True)`` followed by ``nn.LeakyReLU``, computed differently:
     the per-(sample, channel) mean and variance in float32 (``var_mean``), then one float32 multiply-add written
     in ``y``'s own dtype, and the activation in place. On a GPU, ``nn.InstanceNorm3d`` runs through the
-    batch-norm kernels on a reshaped tensor and, under autocast, on a float32 copy: measured on an H100 it took
-    2.3× the time of this for SAT-Nano's backbone (benchmarks/RESULTS.md). Values agree to float32 rounding
+    batch-norm kernels on a reshaped tensor and, under autocast, on a float32 copy, which dominated the GPU
+    backbone's time (benchmarks/RESULTS.md §5). Values agree to float32 rounding
     (tests/test_model_architecture.py).
 
     Without autograd (inference) the result is written over ``y``, which must not be used afterwards.
@@ -57,8 +57,8 @@ def instance_norm_leaky_relu(y: torch.Tensor, weight: torch.Tensor, bias: torch.
 class ConvNormAct(nn.Module):
     """3×3×3 conv (bias) → InstanceNorm3d (affine, eps 1e-5) → LeakyReLU(0.01).
 
-    On CUDA the norm and activation run as :func:`instance_norm_leaky_relu` (same function, 2.3× faster
-    there); elsewhere through the modules themselves.
+    On CUDA the norm and activation run as :func:`instance_norm_leaky_relu` (same function, faster there);
+    elsewhere through the modules themselves.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):

@@ -40,8 +40,8 @@ def embedding_floor_penalty(pre_activations: Sequence[torch.Tensor], query_mask:
     over the real prompts, summed over heads: each (B, N, C), ``query_mask`` (B, N).
 
     A training-only term (satseg; upstream has none). A channel driven to GELU's minimum (pre-activation
-    -0.75, output -0.17) has zero gradient and stays there; held above ``floor`` it keeps a gradient. Measured on a
-    failing tiny run without it: each prompt ended with one live channel, and two prompts shared one (issue 5).
+    -0.75, output -0.17) has zero gradient and stays there; held above ``floor`` it keeps a gradient (why it
+    exists: benchmarks/RESULTS.md, "Design notes from the code").
     """
     valid = query_mask.float()
     count = valid.sum().clamp(min=1.0)

@@ -172,8 +172,8 @@ def accumulation_place(device: torch.device, n_prompts: int, shape: Sequence[int
     memory (no transfer per window), else float32 on the CPU (upstream's place).
 
     float16 sums (``ProbabilityAccumulator(dtype=float16)``) are never chosen here: their ~1e-3 error flips
-    voxels whose probability is that close to 0.5 (measured Dice 0.998 on the tiny model with random
-    weights, tests/test_equivalence.py), so they do not meet "masks unchanged"; pass ``accumulate=`` to
+    voxels whose probability is that close to 0.5 (benchmarks/RESULTS.md, "Same result";
+    tests/test_equivalence.py), so they do not meet "masks unchanged"; pass ``accumulate=`` to
     :func:`~satseg.inference.sliding_window.loop.sliding_window` to use them deliberately.
     """
     if device.type != "cuda":

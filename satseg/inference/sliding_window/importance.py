@@ -45,8 +45,8 @@ def gaussian_importance(
 
 @functools.lru_cache(maxsize=4)
 def _gaussian_float16(window: tuple[int, int, int], sigma_scale: float):
-    """The map of :func:`gaussian_importance` as a float16 array, computed once per window (0.3–0.5 s in
-    float64 for 288×288×96 on the 2-core machine, paid again for every scan before). Never handed out:
+    """The map of :func:`gaussian_importance` as a float16 array, computed once per window size and process
+    (computing it in float64 is a noticeable cost per scan: benchmarks/RESULTS.md §5). Never handed out:
     callers get copies."""
     import numpy as np
 

@@ -98,7 +98,8 @@ def group_identical_windows(volume: torch.Tensor, boxes: Sequence[Box], window: 
     for box in boxes:
         patch = extract_windows(volume, [box], window)
         # A fingerprint of a sparse lattice of voxels (~1/300 of the window) picks the candidates; torch.equal
-        # below decides. Hashing every byte cost 45 ms per 288×288×96 window on the 2-core machine.
+        # below decides. Hashing every byte is too slow per window (benchmarks/RESULTS.md, "Design notes from the
+        # code").
         sample = patch[..., ::7, ::7, ::6].contiguous()
         digest = hashlib.blake2b(sample.cpu().numpy().tobytes(), digest_size=20).digest()
         for group in by_digest.setdefault(digest, []):
@@ -207,8 +208,8 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
 def _probabilities(logits: torch.Tensor, spare: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 sigmoid of the loop's own ``logits``, in place when they are float32. Reduced-precision logits on
     the CPU are converted into ``spare``, a buffer kept across chunks (returned, grown when needed): a fresh
-    float32 tensor there costs its page faults every time (32 prompts of a 288×215×96 window: 420 ms for
-    ``.float()``, 29 ms to copy into a reused buffer). Same values either way."""
+    float32 tensor there pays its page faults on every chunk (benchmarks/RESULTS.md §4f). Same values either
+    way."""
     if logits.dtype == torch.float32:
         return logits.sigmoid_(), spare
     if logits.device.type != "cpu":
@@ -231,7 +232,7 @@ def crop_per_pixel(features, boxes: Sequence[Box]):
     cropped = full[:, :, : extent[0], : extent[1], : extent[2]]
     if cropped.device.type == "cpu":
         # The CPU's einsum copies a strided operand on every call (every prompt chunk): copied once here
-        # (nano, 100 prompts, 4 windows of a 512×512×300 CT: 8.8 → 4.1 s of einsum).
+        # (benchmarks/RESULTS.md §4f).
         cropped = cropped.contiguous()
     return dataclasses.replace(features, per_pixel=[cropped, *features.per_pixel[1:]])
 
