@@ -17,6 +17,7 @@ half switched is finished first, a failed case is recorded and the cohort goes o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -129,6 +130,7 @@ class _Engine:
         self.modality, self.orientation, self.prompt_options = modality, orientation, prompt_options
         self.outputs, self.cohort, self.hooks = outputs, cohort, hooks
         self.predictor = None
+        self._settling = threading.Lock()
         self.scratch: Path | None = None
         self.load_s = 0.0
         self.outcomes: list[CaseOutcome] = []
@@ -159,7 +161,9 @@ class _Engine:
                 if not len(reads):
                     break
                 (case, request), answer = reads.next()
-                self._model_stage(case, request, answer, started[case.name])
+                # A case's time: its own reading, then from leaving the read-ahead queue to being written.
+                began = time.perf_counter() - (answer.case.read_s if answer.case is not None else 0.0)
+                self._model_stage(case, request, answer, began)
             self._drain_writes(0)
         if self.scratch is not None:
             import shutil
@@ -353,9 +357,10 @@ class _Engine:
         outcome = CaseOutcome(case=case, status=status, detail=detail, seconds=time.perf_counter() - started,
                               warnings=self.log.messages(case.name), **extra)
         self.log.forget(case.name)
-        self.outcomes.append(outcome)
-        if self.hooks.outcome is not None:
-            self.hooks.outcome(outcome)
+        with self._settling:  # the model's thread and the writer's settle cases: one at a time, in full
+            self.outcomes.append(outcome)
+            if self.hooks.outcome is not None:
+                self.hooks.outcome(outcome)
 
     def _stage(self, text: str) -> None:
         if self.hooks.stage is not None:
