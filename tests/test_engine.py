@@ -80,7 +80,8 @@ def assert_same_as_reference(out: Path, reference: dict) -> None:
         assert masks_of(out / name) == files, name
 
 
-@pytest.mark.parametrize("mode", [["--read-workers", "0"], ["--read-workers", "1"], ["--read-workers", "2"],
+@pytest.mark.parametrize("mode", [["--read-workers", "0"], ["--read-workers", "1"],
+                                  pytest.param(["--read-workers", "2"], marks=pytest.mark.slow),
                                   ["--read-workers", "1", "--threads", "1"]],
                          ids=["sequential", "pipelined", "two-readers", "one-cpu-thread"])
 def test_batch_writes_the_bytes_of_one_case_runs(env, five_scans, one_case_runs, tmp_path, mode):
