@@ -57,7 +57,8 @@ def batch(
     from satseg.inference.cohort import (
         environment_shards, expand_inputs, local_device, parse_shard, read_jobs, select_shard,
     )
-    from satseg.inference.engine import CohortOptions, Hooks, check_cohort_prompts, segment_files
+    from satseg.inference.engine import CohortOptions, Hooks, segment_files
+    from satseg.inference.prompts import check_cohort_prompts
     from satseg.inference.options import PromptOptions, RuntimeOptions
     from satseg.inference.remote import check_remote
     from satseg.outputs.case import OutputOptions, check_output_dir

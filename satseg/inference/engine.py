@@ -115,9 +115,11 @@ def segment_files(inputs: Iterable[Case | str | Path], out_dir: str | Path, prom
     """
     from satseg.outputs.case import OutputOptions
 
-    cases = [c if isinstance(c, Case) else None for c in inputs]
-    if any(c is None for c in cases):
-        cases = [c for c in cases if c is not None] + expand_inputs([str(i) for i in inputs if not isinstance(i, Case)])
+    inputs = list(inputs)
+    cases = [i for i in inputs if isinstance(i, Case)]
+    paths = [str(i) for i in inputs if not isinstance(i, Case)]
+    if paths:
+        cases += expand_inputs(paths)
     engine = _Engine(Path(out_dir), prompts, model, runtime or RuntimeOptions(), modality, orientation,
                      prompt_options or PromptOptions(), outputs or OutputOptions(), cohort or CohortOptions(),
                      hooks or Hooks())
@@ -145,6 +147,22 @@ class _Engine:
         workers = default_read_workers(len(cases)) if workers is None else workers
         spacing = self._cpu_spacing()
         ahead = self.cohort.read_ahead + workers if workers else 1
+        try:
+            self._loop(cases, workers, ahead, spacing)
+        finally:
+            if self.scratch is not None:  # what was fetched from a PACS never outlives the run
+                import shutil
+
+                shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.cohort.table and self.cohort.case_folders:
+            rows = [row for outcome in self.outcomes for row in outcome.rows]
+            if rows:
+                from satseg.outputs.cohort_table import write_table
+
+                write_table(self.out_dir / self.cohort.table, rows)
+        return self.outcomes
+
+    def _loop(self, cases: list[Case], workers: int, ahead: int, spacing) -> None:
         with self.log, ReadAhead(workers, ahead) as reads, self._write_pool():
             pending = iter(cases)
             started: dict[str, float] = {}
@@ -165,17 +183,6 @@ class _Engine:
                 began = time.perf_counter() - (answer.case.read_s if answer.case is not None else 0.0)
                 self._model_stage(case, request, answer, began)
             self._drain_writes(0)
-        if self.scratch is not None:
-            import shutil
-
-            shutil.rmtree(self.scratch, ignore_errors=True)
-        if self.cohort.table and self.cohort.case_folders:
-            rows = [row for outcome in self.outcomes for row in outcome.rows]
-            if rows:
-                from satseg.outputs.cohort_table import write_table
-
-                write_table(self.out_dir / self.cohort.table, rows)
-        return self.outcomes
 
     def _case_dir(self, case: Case) -> Path:
         return self.out_dir / case.name if self.cohort.case_folders else self.out_dir
@@ -191,11 +198,10 @@ class _Engine:
 
     def _job(self, case: Case, spacing) -> ReadJob:
         from satseg.inference.options import ScanOptions
+        from satseg.outputs.clinical import wants_dicom
 
         scan_options = ScanOptions(modality=case.modality or self.modality,
                                    orientation=case.orientation or self.orientation)
-        from satseg.outputs.clinical import wants_dicom
-
         fetch_to = None
         if isinstance(case.path, str):  # a DICOMweb series: fetched by the reader into the cohort's scratch folder
             fetch_to = self._scratch() / case.name
@@ -366,31 +372,3 @@ class _Engine:
         if self.hooks.stage is not None:
             self.hooks.stage(text)
 
-
-def check_cohort_prompts(cases: list[Case], prompts: list[str] | None, modality: str | None,
-                         prompt_options: PromptOptions) -> None:
-    """Refuse a case without prompts, unknown prompts, and terms not trained for a modality that is known already,
-    before any case runs or a model loads (a mistake in line 5,000 of a jobs file is found now, not hours into
-    the cohort)."""
-    from satseg.errors import InputError, PromptError
-    from satseg.inference.prompts import resolve_prompts
-    from satseg.vocabulary import normalize_modality
-
-    if not prompts:
-        for case in cases:
-            if not case.prompts:
-                raise InputError(f"{case.origin or case.name}: no prompts for this case: add -p/--prompt "
-                                 "(or a non-empty \"prompts\" list to every job in --jobs)")
-    checked = set()
-    if prompts:
-        resolve_prompts(list(prompts), normalize_modality(modality) if modality else None, prompt_options)
-        checked.add((tuple(prompts), modality))
-    for case in cases:
-        key = (tuple(case.prompts or ()), case.modality or modality)
-        if not case.prompts or key in checked:
-            continue
-        try:
-            resolve_prompts(list(case.prompts), normalize_modality(key[1]) if key[1] else None, prompt_options)
-        except PromptError as exc:
-            raise InputError(f"{case.origin or case.name}: {exc}") from None
-        checked.add(key)

@@ -10,9 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from satseg.errors import InputError
 from satseg.inference.options import PromptOptions, ScanOptions
-from satseg.inference.prompts import RESERVED_NAMES, Prompt, resolve_prompts  # noqa: F401 - RESERVED_NAMES re-exported
+from satseg.inference.prompts import Prompt, resolve_prompts
 from satseg.io.volume import Volume
 
 log = logging.getLogger(__name__)

@@ -70,3 +70,31 @@ def resolve_prompts(texts: list[str], modality: str | None, options: PromptOptio
 def unique_terms(prompts: list[Prompt]) -> list[str]:
     """The trained terms of all prompts, each once, in first-use order (the model's query order)."""
     return list(dict.fromkeys(t for p in prompts for t in p.terms))
+
+
+def check_cohort_prompts(cases: list, prompts: list[str] | None, modality: str | None,
+                         prompt_options: PromptOptions) -> None:
+    """Refuse a case without prompts, unknown prompts, and terms not trained for a modality that is known already,
+    before any case runs or a model loads (a mistake in line 5,000 of a jobs file is found now, not hours into
+    the cohort)."""
+    from satseg.errors import PromptError
+    from satseg.vocabulary import normalize_modality
+
+    if not prompts:
+        for case in cases:
+            if not case.prompts:
+                raise InputError(f"{case.origin or case.name}: no prompts for this case: add -p/--prompt "
+                                 "(or a non-empty \"prompts\" list to every job in --jobs)")
+    checked = set()
+    if prompts:
+        resolve_prompts(list(prompts), normalize_modality(modality) if modality else None, prompt_options)
+        checked.add((tuple(prompts), modality))
+    for case in cases:
+        key = (tuple(case.prompts or ()), case.modality or modality)
+        if not case.prompts or key in checked:
+            continue
+        try:
+            resolve_prompts(list(case.prompts), normalize_modality(key[1]) if key[1] else None, prompt_options)
+        except PromptError as exc:
+            raise InputError(f"{case.origin or case.name}: {exc}") from None
+        checked.add(key)
