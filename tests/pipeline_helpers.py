@@ -22,7 +22,7 @@ def make_tiny_official(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return seg, text
 
 
-PROGRESS_LINE = re.compile(r"^satseg: (reading |loading model |segmenting |writing to |\S.*: (\d+ window|window \d))")
+PROGRESS_LINE = re.compile(r"^satseg: (reading |loading model |segmenting |writing to |fetching series |storing |\S.*: (\d+ window|window \d))")
 """The stage lines the CLI prints on stderr while it works (not errors)."""
 
 

@@ -219,3 +219,17 @@ def tempfile_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
+
+
+def test_unreachable_pacs_is_one_line_exit_2_and_no_output(env, tmp_path):
+    from orthanc import free_port
+
+    out = tmp_path / "out"
+    url = f"http://127.0.0.1:{free_port()}/dicom-web/studies/1.2.3/series/1.2.3.4"
+    done = run_cli(url, "-p", "liver", "-o", str(out), "--model", "tiny-test", "--output-type", "dicom-seg",
+                   env=dict(env, SATSEG_DICOMWEB_TOKEN="tok-abc-123"), timeout=120)
+    assert done.returncode == 2, done.stderr
+    [line] = error_lines(done.stderr)
+    assert "cannot reach the DICOMweb server" in line and "tok-abc-123" not in done.stderr + done.stdout
+    assert not out.exists()
+    assert not list(Path(tempfile_dir()).glob("satseg-dicomweb-*"))
