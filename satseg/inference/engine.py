@@ -271,7 +271,8 @@ class _Engine:
             loading = self.predictor is None
             predictor = self._predictor()  # no model, no cohort: any error loading it stops the run at once
             try:
-                self._stage(f"{case.name}: segmenting {len(prepared.prompts)} prompt(s)")
+                who = f"{case.name}: " if self.cohort.case_folders else ""
+                self._stage(f"{who}segmenting {len(prepared.prompts)} prompt(s) on {predictor.device}")
                 progress = self.hooks.progress(case.name) if self.hooks.progress else None
                 result = predictor.segment_prepared(prepared, probabilities=self.outputs.probabilities,
                                                     progress=progress)
