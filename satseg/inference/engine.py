@@ -135,6 +135,7 @@ class _Engine:
         self._settling = threading.Lock()
         self.scratch: Path | None = None
         self.load_s = 0.0
+        self._load_reported = False
         self.outcomes: list[CaseOutcome] = []
         self.log = CaseLog()
         self._writes: deque = deque()
@@ -178,6 +179,8 @@ class _Engine:
                     reads.submit((case, request), case.prepared or self._job(case, spacing))
                 if not len(reads):
                     break
+                if reads.workers and self.predictor is None:
+                    self._predictor()  # loads while the worker reads the first case (a model error stops the run)
                 (case, request), answer = reads.next()
                 # A case's time: its own reading, then from leaving the read-ahead queue to being written.
                 began = time.perf_counter() - (answer.case.read_s if answer.case is not None else 0.0)
@@ -268,7 +271,6 @@ class _Engine:
             prepared = answer.case
             for warning in prepared.warnings:
                 log.warning("%s", warning)
-            loading = self.predictor is None
             predictor = self._predictor()  # no model, no cohort: any error loading it stops the run at once
             try:
                 who = f"{case.name}: " if self.cohort.case_folders else ""
@@ -276,7 +278,8 @@ class _Engine:
                 progress = self.hooks.progress(case.name) if self.hooks.progress else None
                 result = predictor.segment_prepared(prepared, probabilities=self.outputs.probabilities,
                                                     progress=progress)
-                if loading:
+                if not self._load_reported:  # the first case segmented carries the model's loading time
+                    self._load_reported = True
                     result.timings = {"read": result.timings.get("read", 0.0), "load_model": self.load_s,
                                       **result.timings}
             except (CheckpointError, WeightsError):

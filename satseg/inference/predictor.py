@@ -240,6 +240,8 @@ class Predictor:
         with clock("preprocess"):
             orientation = choose_orientation(volume, requested)
             image, record = ready if ready is not None else self.to_model_grid(volume, modality, orientation)
+        if ready is not None:  # done by a read-ahead worker: its own time, not the moment of handing it over
+            clock.timings["preprocess"] = scan.grid_s
         budget = default_feature_budget() if feature_budget is None else feature_budget
         self.scan = ScanState(volume=volume, modality=modality, orientation=orientation, image=image, record=record,
                               features=FeatureCache(budget), warnings=warnings, timings=clock.timings)

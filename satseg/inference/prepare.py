@@ -25,6 +25,7 @@ class PreparedCase:
         prompts: one :class:`~satseg.inference.prompts.Prompt` per user prompt (text, output name, resolution).
         warnings: what reading the scan and resolving the prompts warned about.
         read_s: seconds spent reading and validating the scan.
+        grid_s: seconds spent bringing it to the model grid, when that was done with the reading.
         model_grid: ``(image, GridRecord)`` when the scan was already brought to the model grid and normalised
             (by a cohort's read-ahead worker), else ``None``.
     """
@@ -36,6 +37,7 @@ class PreparedCase:
     prompt_options: PromptOptions
     warnings: list[str] = field(default_factory=list)
     read_s: float = 0.0
+    grid_s: float = 0.0
     model_grid: tuple | None = None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,9 @@ def read_case(job: ReadJob) -> ReadAnswer:
                 check_dicom_outputs(case.volume, job.dicom_outputs)
             if job.spacing is not None:
                 orientation = choose_orientation(case.volume, case.scan_options.orientation)
+                started = time.perf_counter()
                 case.model_grid = on_model_grid(case.volume, case.modality, orientation, job.spacing)
+                case.grid_s = time.perf_counter() - started
         except (SatsegError, *CASE_ERRORS) as exc:
             return ReadAnswer(error=error_line(exc), warnings=recorder.messages)
     return ReadAnswer(case=case, warnings=recorder.messages)
