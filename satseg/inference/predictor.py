@@ -223,7 +223,8 @@ class Predictor:
         :class:`~satseg.io.volume.Volume`, a nibabel image or a :class:`~satseg.inference.prepare.PreparedCase`),
         bring it to the model grid, normalise it, and run the backbone over every window, keeping the features up
         to ``feature_budget`` bytes (default :func:`default_feature_budget`; 0 keeps none and runs nothing yet).
-        Every later :meth:`predict` decodes against it."""
+        Every later :meth:`predict` decodes against it, giving exactly what :meth:`segment` gives for the same
+        prompts (another grouping of prompts may round the decoder's sums differently, in the last float bit)."""
         from satseg.inference.prepare import PreparedCase, choose_orientation, prepare_scan
 
         clock = _Stopwatch()

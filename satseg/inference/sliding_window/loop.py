@@ -153,6 +153,9 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
     stats.planned, stats.computed = len(boxes), len(groups)
     if len(groups) < len(boxes):
         log.info("%d windows, %d with distinct content: the model runs %d times", len(boxes), len(groups), len(groups))
+    if n == 0:  # no prompt: the backbone alone, to fill ``features`` (Predictor.set_scan)
+        _encode_only(model, volume, groups, window, device, autocast, batch, encode, features, stats, progress)
+        return torch.empty((0, *volume.shape), dtype=torch.float32)
     acc_device, acc_dtype = accumulate or accumulation_place(device, n, volume.shape)
     acc_device = torch.device(acc_device)
     accumulator = ProbabilityAccumulator(tuple(volume.shape), n, boxes, window=window, device=acc_device,
@@ -203,6 +206,32 @@ def sliding_window(model, image: torch.Tensor, queries: torch.Tensor, *, device:
     for prompt in range(n):
         out[prompt] = accumulator.probabilities(slice(prompt, prompt + 1))[0].cpu()
     return out
+
+
+def _encode_only(model, volume, groups, window, device, autocast, batch, encode, features, stats, progress) -> None:
+    """The backbone over every distinct window, its cropped features kept in ``features`` while the budget lasts
+    (what :func:`sliding_window` would compute first, in the same batches)."""
+    layout = window_layout(device, autocast)
+    encode = encode or model.encode_image
+    cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    done, total = 0, sum(len(group) for group in groups)
+    with torch.inference_mode(), cast:
+        for first in range(0, len(groups), batch):
+            members = groups[first:first + batch]
+            leaders = [group[0] for group in members]
+            start_time = time.perf_counter()
+            if features is not None and features.get(leaders) is None:
+                patches = extract_windows(volume, leaders, window).to(device)
+                patches = patches.expand(-1, 3, -1, -1, -1).contiguous(memory_format=layout)
+                computed = crop_per_pixel(encode(patches), [box for group in members for box in group])
+                if not features.put(leaders, computed):
+                    break  # the budget is spent: later windows run with their prompts
+                del patches, computed
+            _sync(device)
+            stats.backbone_s += time.perf_counter() - start_time
+            done += sum(len(group) for group in members)
+            if progress is not None:
+                progress(done, total)
 
 
 def _probabilities(logits: torch.Tensor, spare: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
