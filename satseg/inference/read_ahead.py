@@ -6,8 +6,8 @@ CPU, so the model's process only runs the model) or the case's error as text, an
 Errors travel as text: satseg's exceptions carry keyword arguments that do not survive pickling, and a failed read
 fails only its case.
 
-Workers are started with ``spawn`` (never ``fork``: the parent holds torch's thread pools) and run torch on one
-thread, so they take a core from the model only while they read.
+Workers are started with ``spawn`` (never ``fork``: the parent holds torch's thread pools), run torch on one thread
+and at a lower scheduling priority, so on a CPU the model's threads come first.
 """
 
 from __future__ import annotations
@@ -100,6 +100,10 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    try:
+        os.nice(10)  # reading ahead yields the CPU to the model: it may fill the model's idle moments, never slow it
+    except OSError:
+        pass
     logging.getLogger("satseg").setLevel(logging.WARNING)
 
 
