@@ -6,14 +6,15 @@ CPU, so the model's process only runs the model) or the case's error as text, an
 Errors travel as text: satseg's exceptions carry keyword arguments that do not survive pickling, and a failed read
 fails only its case.
 
-Workers are started with ``spawn`` (never ``fork``: the parent holds torch's thread pools), run torch on one thread
-and at a lower scheduling priority, so on a CPU the model's threads come first.
+Workers are started with ``spawn`` (never ``fork``: the parent holds torch's thread pools), import no torch, use one
+thread and run at a lower scheduling priority, so on a CPU the model's threads come first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -97,9 +98,12 @@ def read_case(job: ReadJob) -> ReadAnswer:
 
 
 def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    # Reading, resampling (scipy) and normalising need no torch: the worker does not import it (its start is then a
+    # fraction of a second), and any thread pool it does start has one thread.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     try:
         os.nice(10)  # reading ahead yields the CPU to the model: it may fill the model's idle moments, never slow it
     except OSError:
