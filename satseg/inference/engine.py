@@ -229,9 +229,8 @@ class _Engine:
     def _cpu_spacing(self):
         """The model grid's spacing when the model will run on the CPU (workers then resample), else ``None``."""
         from satseg.inference.runtime import pick_device
-        from satseg.weights import get_model
-
         from satseg.model.config import get_config
+        from satseg.weights import get_model
 
         try:
             entry = get_model(self.model)
