@@ -48,6 +48,13 @@ def require_tool(name: str) -> str:
     return path
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy (dicom3tools) reports on a DICOM object."""
+    dciodvfy = require_tool("dciodvfy")
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
 @pytest.fixture(scope="module")
 def original(reference_files):
     ct_dir = reference_files / "example_ct_dicom"
@@ -170,12 +177,9 @@ def test_seg_is_reproducible_apart_from_uids_and_dates(variants, tmp_path):
 
 @pytest.mark.parametrize("name", ["classic", "enhanced_oblique"])
 def test_dciodvfy_reports_no_error_on_the_seg(variants, tmp_path, name):
-    dciodvfy = require_tool("dciodvfy")
     _, volume, masks = variants(name)
     write_dicom_seg(tmp_path / "s.dcm", masks, volume, SEGMENTS, model_name="nano", software_version="0.1.0")
-    result = subprocess.run([dciodvfy, str(tmp_path / "s.dcm")], capture_output=True, text=True, timeout=120)
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
-    assert errors == []
+    assert dciodvfy_errors(tmp_path / "s.dcm") == []
 
 
 def test_seg_from_a_zip_of_the_series(variants, tmp_path):
