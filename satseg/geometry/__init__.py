@@ -9,6 +9,10 @@ mode="bilinear")`` with MONAI's defaults → ``CropForegroundd`` on raw intensit
   first voxel centre. A target spacing within 1e-3 mm of the input's keeps the input's spacing, and a transform that
   is the identity within 1e-3 leaves the data untouched — both as MONAI does. Values: trilinear interpolation in
   float64 with border padding (coordinates clamped to the grid), stored as float32.
+* Sheared grids (a gantry-tilted series, read on its own sheared affine) go the same way MONAI takes them: the
+  output directions are the input's orthonormalised in axis order (the rotation of a Cholesky split), so the model
+  grid is orthonormal, and the index map between the grids is a full matrix: the trilinear interpolation follows the
+  shear (scipy, on the CPU), and so does the way back.
 * Crop: bounding box of voxels > 0 of the resampled data, margin 0. A scan with no voxel > 0 is not cropped.
 
 Everything each step did is kept in a :class:`GridRecord`, whose :meth:`~GridRecord.to_input_grid` brings model-grid

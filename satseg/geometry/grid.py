@@ -60,7 +60,6 @@ def to_model_grid(
     )
     if not interpolated:  # MONAI leaves the data and its affine as they are
         resampled_affine, xform = oriented_affine.copy(), np.eye(4)
-    _check_separable(xform)
 
     record_args = dict(
         input_shape=shape, input_affine=affine, input_axcodes="".join(nib.aff2axcodes(affine)),
@@ -126,18 +125,12 @@ def _spacing_grid(affine: np.ndarray, shape: tuple[int, int, int], spacing_mm) -
         if np.allclose(np.min(distances - distances[:, i: i + 1], axis=1), 0.0, rtol=AFFINE_TOL):
             origin = world[:-1, i]
             break
-    if origin is None:  # centre-aligned fallback (not reached for orthonormal directions)
+    if origin is None:  # centre-aligned fallback (a sheared input: no corner of its grid is first along every axis)
         origin = (affine[:3, :3] @ (np.asarray(shape) / 2.0) + affine[:3, 3]
                   - new_affine[:3, :3] @ (np.asarray(new_shape) / 2.0))
     new_affine[:3, 3] = origin
     return spacing, new_affine, new_shape
 
-
-
-def _check_separable(xform: np.ndarray) -> None:
-    off = xform[:3, :3] - np.diag(np.diag(xform[:3, :3]))
-    if np.abs(off).max() > 1e-4 * np.abs(np.diag(xform[:3, :3])).max():
-        raise InputError("the scan's affine has sheared (non-orthonormal) axes; cannot resample it like SAT")
 
 
 def _check_orientation(code: str) -> str:

@@ -28,3 +28,26 @@ def _fmt_bytes(n_bytes: int) -> str:
         if n_bytes >= size:
             return f"{n_bytes:,} bytes ({n_bytes / size:.1f} {unit})"
     return f"{n_bytes:,} bytes"
+
+
+# A sheared grid is read and segmented as a gantry tilt when one axis leans off the normal of the other two (which
+# are perpendicular) by at most this angle; CT gantries tilt up to ±30°.
+MAX_TILT_DEG = 45.0
+
+
+def axis_tilt(affine, tol: float, axes=(0, 1, 2)) -> float | None:
+    """How far (degrees) an axis of ``affine`` among ``axes`` leans off the normal of the other two, when those two
+    are perpendicular within ``tol`` (cosine): the shear of a gantry-tilted stack (the least lean when several
+    qualify). ``None`` when no such axis is there (a shear no acquisition makes)."""
+    import numpy as np
+
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cosines = linear / np.linalg.norm(linear, axis=0)
+    angles = []
+    for axis in axes:
+        b, c = (a for a in range(3) if a != axis)
+        if abs(float(cosines[:, b] @ cosines[:, c])) <= tol:
+            normal = np.cross(cosines[:, b], cosines[:, c])
+            normal /= np.linalg.norm(normal)
+            angles.append(float(np.degrees(np.arccos(min(1.0, abs(float(cosines[:, axis] @ normal)))))))
+    return min(angles) if angles else None

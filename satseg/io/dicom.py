@@ -16,15 +16,16 @@ warn):
   equidistant ``_Eq`` copy); a NIfTI grid has one slice spacing, so reading it would put every slice past the gap
   at the wrong place, and resampling would invent a slice. Two slices at the same position (a 4D series or a
   duplicate file) are refused too.
-- Gantry tilt: the slice positions must step along the slice normal (row × column cosines). A CT acquired with a
-  tilted gantry has its slices rotated while the table moves along the body axis, so its stack is sheared; stacked
-  on a NIfTI grid (orthogonal axes) slice k would be shifted in its plane by k × spacing × tan(tilt), about 10 mm by
-  slice 20 of a 2 mm series at 15°. Such a series is refused with the tilt angle and the two slices that show it
-  (from 0.0325°, where dcm2niix v1.0.20220720 reports a tilt; sideways offsets up to 0.01 mm are taken for rounding),
-  pointing to dcm2niix, which writes a resampled, tilt-corrected copy (``*_Tilt_1.nii``). Like uneven spacing it is
-  refused rather than resampled: resampling interpolates voxels that were never measured, and the masks would be on
-  a grid that is not the series'. The check applies to classic slices and to the frames of multi-frame images
-  alike, before either converter runs.
+- Gantry tilt: a CT acquired with a tilted gantry has its slices rotated while the table moves along the body axis,
+  so its slice positions do not step along the slice normal (row × column cosines) and its grid is sheared; stacked
+  straight, slice k would be shifted in its plane by k × spacing × tan(tilt), about 10 mm by slice 20 of a 2 mm
+  series at 15°. Such a series (from 0.0325°, where dcm2niix v1.0.20220720 reports a tilt; sideways offsets up to
+  0.01 mm are taken for rounding) is read on its own sheared grid: the voxels as stored, the affine's slice column the
+  real step between slice positions (fitted to every slice, each within 0.2 mm), noted as ``gantry_tilt_deg``. No
+  voxel is interpolated at reading; the model grid resamples through the shear (:mod:`satseg.geometry`), the masks
+  come back onto the series' own slices, and the NIfTI header keeps the shear in the sform (qform code 0). Refused:
+  slices that do not all lean by one angle, and leans over 45°. Classic slices and the frames of multi-frame images
+  alike; dicom2nifti converts a straightened copy (no SimpleITK fallback for a tilted series: it stacks straight).
 - Enhanced and legacy-converted multi-frame images: each frame is read with the position, orientation, pixel spacing
   and rescale (PixelValueTransformationSequence) of its Per-frame Functional Groups, or of the Shared ones, and the
   frames are converted exactly like the slices of a classic series (the same voxels and affine as the classic
@@ -53,8 +54,9 @@ from pathlib import Path
 
 from satseg.errors import InputError
 from satseg.io._common import _one_line
-from satseg.io.dicom_geometry import _check_consistent, _relative, _slices_of, _sorted_evenly_spaced
-from satseg.io.dicom_pixels import _convert_dicom2nifti, _convert_sitk, _load_datasets, _scanner_header
+from satseg.io.dicom_geometry import _check_consistent, _relative, _slices_of, _sorted_evenly_spaced, measure_tilt
+from satseg.io.dicom_pixels import (_convert_dicom2nifti, _convert_sitk, _load_datasets, _scanner_header, shear_affine,
+                                    straighten)
 from satseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,11 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
     # Geometry first, from the headers: a series that cannot be stacked is refused before any pixel is decoded.
     slices = [s for file, header in headers for s in _slices_of(file, header, folder, where)]
     _check_consistent(slices, uid, where)
-    slices = _sorted_evenly_spaced(slices, where, uid)
+    slices = _sorted_evenly_spaced(slices, where)
+    tilt = measure_tilt(slices, uid, where)
     datasets = _load_datasets(slices, where)
+    if tilt is not None:
+        straighten(datasets, tilt)
     multiframe = any(s.frame is not None for s in slices)
     first = headers[0][1]
     errors = []
@@ -109,14 +114,19 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
         log.info("dicom2nifti could not convert series %s (%s); trying SimpleITK", uid, exc)
     del datasets  # SimpleITK reads the files itself: the series is not held in memory twice
     if vol is None:
-        if multiframe:  # GDCM's reader would not apply the functional groups' rescale: no second opinion
-            raise InputError(f"{where}: cannot convert DICOM series {uid} ({errors[0]})")
+        if multiframe or tilt is not None:
+            # GDCM's reader would not apply the functional groups' rescale, and stacks a tilted series straight
+            what = "gantry-tilted " if tilt is not None else ""
+            raise InputError(f"{where}: cannot convert {what}DICOM series {uid} ({errors[0]})")
         try:
             vol = _convert_sitk(folder, uid, [str(s.file) for s in slices])
             converter = "SimpleITK"
         except Exception as exc:  # noqa: BLE001
             errors.append(f"SimpleITK: {_one_line(exc)}")
             raise InputError(f"{where}: cannot convert DICOM series {uid} ({'; '.join(errors)})") from exc
+    if tilt is not None:
+        vol.affine = shear_affine(vol.affine, slices, tilt, where)
+        log.info("%s: series %s is gantry-tilted by %.3g°: read on its sheared grid", where, uid, tilt.degrees)
     vol.header = _scanner_header(vol)
     vol.source = source
     vol.modality = MODALITIES.get(str(first.get("Modality", "")).upper())
@@ -126,6 +136,8 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
     )
     if multiframe:
         vol.meta["n_frames"] = len(slices)
+    if tilt is not None:
+        vol.meta["gantry_tilt_deg"] = round(tilt.degrees, 4)
     return vol
 
 

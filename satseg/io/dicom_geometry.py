@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from satseg.errors import InputError
-from satseg.io._common import _fmt, _one_line
+from satseg.io._common import MAX_TILT_DEG, _fmt, _one_line
 
 # Slice positions count as evenly spaced when every gap is within this of the median gap (dcm2niix's tolerance for
 # "interslice distance varies"); for slices thinner than twice this, half the spacing is used instead.
@@ -252,9 +252,9 @@ def _check_consistent(slices: list[_Slice], uid: str, where: str) -> None:
                          f"({len(kinds)} kinds)")
 
 
-def _sorted_evenly_spaced(slices: list[_Slice], where: str, uid: str = "") -> list[_Slice]:
-    """``slices`` sorted along the slice normal; refused when two share a position, the stack is sheared (gantry
-    tilt, :func:`_check_not_tilted`) or the gaps are uneven (see the module doc)."""
+def _sorted_evenly_spaced(slices: list[_Slice], where: str) -> list[_Slice]:
+    """``slices`` sorted along the slice normal; refused when two share a position or the gaps along the normal are
+    uneven (see the module doc). A gantry tilt is measured apart (:func:`measure_tilt`)."""
     orientation = slices[0].orientation
     normal = np.cross(orientation[:3], orientation[3:])
     distance = np.array([float(s.position @ normal) for s in slices])
@@ -270,7 +270,6 @@ def _sorted_evenly_spaced(slices: list[_Slice], where: str, uid: str = "") -> li
             f"({_mm(distance[i])} mm along the slice normal): a 4D series (time points, echoes) or a duplicate "
             "file; give one volume per series"
         )
-    _check_not_tilted(slices, uid, where)
     spacing = float(np.median(gaps))
     tolerance = min(SLICE_GAP_TOL_MM, spacing / 2)
     uneven = np.abs(gaps - spacing) > tolerance
@@ -284,40 +283,59 @@ def _sorted_evenly_spaced(slices: list[_Slice], where: str, uid: str = "") -> li
     return slices
 
 
-def _check_not_tilted(slices: list[_Slice], uid: str, where: str) -> None:
-    """Refuse a sheared stack: slices (sorted along the normal) whose positions do not step along the slice normal.
+@dataclass(frozen=True)
+class Tilt:
+    """A gantry-tilted stack (:func:`measure_tilt`): its angle, and where each slice (in stack order) would be if the
+    stack were straight: the first slice's position moved along the slice normal by the slice's distance."""
+
+    degrees: float
+    straight: np.ndarray  # (slices, 3) mm, DICOM LPS
+
+
+def measure_tilt(slices: list[_Slice], uid: str, where: str) -> Tilt | None:
+    """The gantry tilt of a stack sorted along the normal, or ``None`` when its positions step along the normal.
 
     A CT acquired with a gantry tilt has slices rotated about the left-right axis while the table moves along the
     body axis: ImagePositionPatient steps by ``gap / cos(tilt)`` along the body axis, not along the slice normal
-    (row cosine × column cosine). A NIfTI grid has orthogonal axes, so stacking the slices straight would shift slice
-    k in its plane by ``k × gap × tan(tilt)`` (10 mm by slice 20 of a 2 mm series at 15°), and the sheared grid that
-    would place them right is refused by the reader's orthonormality check. The angle is measured like dcm2niix's
-    estimate (the step from the first slice to each slice against the normal; the last slice for a uniform tilt);
-    the tolerances are :data:`TILT_TOL_DEG` and :data:`TILT_ROUNDING_MM`. GantryDetectorTilt (0018,1120) is not
-    read: the standard calls it nominal, "not intended for mathematical computations", and tools that resample a
-    tilted series do not always reset it.
+    (row cosine × column cosine), so the stack's grid is sheared: slice k lies ``k × gap × tan(tilt)`` aside in its
+    plane from where a straight stack would put it (10 mm by slice 20 of a 2 mm series at 15°). Such a stack is read
+    on that sheared grid (:func:`satseg.io.dicom_pixels.shear_affine`). The angle is measured like dcm2niix's
+    estimate (the step from the first slice to each slice against the normal); a stack counts as tilted where
+    dcm2niix v1.0.20220720 reports a tilt (:data:`TILT_TOL_DEG`, :data:`TILT_ROUNDING_MM`). GantryDetectorTilt
+    (0018,1120) is not read: the standard calls it nominal, "not intended for mathematical computations", and tools
+    that resample a tilted series do not always reset it.
+
+    Raises:
+        InputError: the slices do not all lean by the same angle (each slice's offset in the plane is not its
+            distance along the normal times one vector, within :data:`SLICE_GAP_TOL_MM`), or the tilt is over
+            :data:`~satseg.io._common.MAX_TILT_DEG`.
     """
     if len(slices) < 2:
-        return
+        return None
     orientation = slices[0].orientation
     normal = np.cross(orientation[:3], orientation[3:])
     normal = normal / np.linalg.norm(normal)
     offsets = np.array([s.position - slices[0].position for s in slices])  # (slices, 3) mm, from the first slice
     along = offsets @ normal  # (slices,) mm along the slice normal
-    aside = np.linalg.norm(offsets - along[:, None] * normal, axis=1)  # (slices,) mm in the slice plane
+    aside = offsets - along[:, None] * normal  # (slices, 3) mm in the slice plane
     allowed = np.maximum(TILT_ROUNDING_MM, np.abs(along) * np.tan(np.radians(TILT_TOL_DEG)))
-    sheared = aside > allowed
-    if not np.any(sheared):
-        return
-    k = int(np.argmax(np.where(sheared, aside, -1.0)))  # the slice a straight stack would misplace most
-    angle = float(np.degrees(np.arctan2(aside[k], abs(along[k]))))
+    if not np.any(np.linalg.norm(aside, axis=1) > allowed):
+        return None
+    lean = (along @ aside) / (along @ along)  # (3,) mm aside per mm along the normal, fitted over the stack
+    off = np.linalg.norm(aside - along[:, None] * lean, axis=1)
+    degrees = float(np.degrees(np.arctan(np.linalg.norm(lean))))
     series = f"series {uid}" if uid else "the series"
-    raise InputError(
-        f"{where}: {series} is gantry-tilted: its slice positions step {angle:.3g}° off the slice normal "
-        f"({slices[0].name} to {slices[k].name}: {_mm(aside[k])} mm sideways over {_mm(abs(along[k]))} mm), so a "
-        "straight stack would misplace its slices; resample it with dcm2niix (it writes a tilt-corrected copy, "
-        "*_Tilt_1.nii) and segment that"
-    )
+    if off.max() > SLICE_GAP_TOL_MM:
+        k = int(np.argmax(off))
+        raise InputError(
+            f"{where}: {series} is sheared unevenly: its slices lean {degrees:.3g}° off the slice normal on average "
+            f"but {slices[k].name} lies {_mm(off[k])} mm aside from that line (a mix of tilts, or a misplaced slice); "
+            "one gantry tilt per series is needed"
+        )
+    if degrees > MAX_TILT_DEG:
+        raise InputError(f"{where}: {series} leans {degrees:.3g}° off the slice normal, more than a gantry tilt (at "
+                         f"most {MAX_TILT_DEG:g}°): its slice positions do not make a stack")
+    return Tilt(degrees=degrees, straight=slices[0].position + along[:, None] * normal)
 
 
 def _relative(file: Path, folder: Path) -> str:

@@ -13,10 +13,12 @@ import numpy as np
 
 from satseg.errors import InputError
 from satseg.io._common import _one_line
-from satseg.io.dicom_geometry import _count, _pixel_format, _size, _Slice
+from satseg.io.dicom_geometry import SLICE_GAP_TOL_MM, Tilt, _count, _pixel_format, _size, _Slice
 from satseg.io.itk import itk_to_volume
-from satseg.io.nifti_write import SCANNER  # the qform and sform code dcm2niix writes for DICOM
+from satseg.io.nifti_write import SCANNER, drop_inexact_qform  # SCANNER: the code dcm2niix writes for DICOM
 from satseg.io.volume import Volume
+
+_LPS = np.diag([-1.0, -1.0, 1.0])  # DICOM patient coordinates (LPS) ↔ RAS, its own inverse
 
 
 def _load_datasets(slices: list[_Slice], where: str) -> list:
@@ -139,6 +141,41 @@ def _convert_sitk(folder: Path, uid: str, files: list[str]) -> Volume:
     return itk_to_volume(sitk.GetArrayFromImage(image).transpose(2, 1, 0), image)
 
 
+def straighten(datasets: list, tilt: Tilt) -> None:
+    """Move each data set (in stack order) to where a straight stack would put it, for a converter that stacks
+    straight; :func:`shear_affine` puts the slices back where they are."""
+    for ds, position in zip(datasets, tilt.straight, strict=True):
+        ds.ImagePositionPatient = [float(v) for v in position]
+
+
+def shear_affine(affine: np.ndarray, slices: list[_Slice], tilt: Tilt, where: str) -> np.ndarray:
+    """The sheared affine of a tilted stack, from the affine the converter gave its straightened copy.
+
+    The converter may reorder and flip the voxel axes; the straight positions show which voxel axis runs along the
+    stack and each slice's index on it. The slice axis's column and the origin are then fitted (least squares) to
+    the slices' real positions; the in-plane columns are the converter's. Every slice's first pixel must land
+    within :data:`~satseg.io.dicom_geometry.SLICE_GAP_TOL_MM` of its ImagePositionPatient.
+    """
+    to_index = np.linalg.inv(affine)
+    straight = np.c_[tilt.straight @ _LPS, np.ones(len(slices))]  # RAS, homogeneous
+    first = (to_index @ straight.T)[:3].T  # (slices, 3): each slice's first pixel as a voxel index
+    axis = int(np.argmax(np.ptp(first, axis=0)))
+    k = first[:, axis]
+    real = np.array([s.position for s in slices]) @ _LPS  # (slices, 3) RAS
+    design = np.c_[np.ones_like(k), k]
+    (origin, step), *_ = np.linalg.lstsq(design, real, rcond=None)
+    sheared = np.asarray(affine, dtype=np.float64).copy()
+    sheared[:3, axis] = step
+    in_plane = [a for a in range(3) if a != axis]
+    sheared[:3, 3] = origin - affine[:3, in_plane] @ first[0, in_plane]
+    placed = (sheared @ np.c_[first, np.ones(len(slices))].T)[:3].T
+    worst = float(np.linalg.norm(placed - real, axis=1).max())
+    if worst > SLICE_GAP_TOL_MM:
+        raise InputError(f"{where}: cannot place the gantry-tilted slices on one sheared grid (a slice lands "
+                         f"{worst:.2f} mm from its position)")
+    return sheared
+
+
 def _scanner_header(vol: Volume):
     """The converted volume's NIfTI header (a fresh one for SimpleITK's) with the affine as qform and sform, both
     with code 1 (scanner), as dcm2niix writes them."""
@@ -151,6 +188,7 @@ def _scanner_header(vol: Volume):
     header.set_data_dtype(vol.array.dtype)
     header.set_qform(vol.affine, code=SCANNER)
     header.set_sform(vol.affine, code=SCANNER)
+    drop_inexact_qform(header, vol.affine, vol.array.shape)  # a gantry tilt's shear: the sform alone holds it
     return header
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from satseg.errors import InputError
-from satseg.io._common import _fmt
+from satseg.io._common import MAX_TILT_DEG, _fmt, axis_tilt
 from satseg.io.itk import _read_itk, itk_to_volume
 from satseg.io.nifti import GZIP_TRAILING_MARGIN, _read_nifti
 from satseg.io.volume import Volume
@@ -108,7 +108,8 @@ def validate_volume(vol: Volume) -> Volume:
     """Check that ``vol`` is a segmentable 3D scan; returns it, with non-finite voxels replaced (see module doc).
 
     Raises:
-        InputError: 2D or not 3D, non-numeric, all NaN, bad spacing, or sheared axes.
+        InputError: 2D or not 3D, non-numeric, all NaN, bad spacing, or axes sheared otherwise than by a gantry
+            tilt of at most 45° (:func:`_check_tilt`).
     """
     where = vol.name if vol.source is None else Path(vol.source).name
     array = vol.array
@@ -128,9 +129,7 @@ def validate_volume(vol: Volume) -> Volume:
     cosines = affine[:3, :3] / spacing
     deviation = float(np.abs(cosines.T @ cosines - np.eye(3)).max())
     if deviation > ORTHONORMAL_TOL:
-        raise InputError(
-            f"{where}: the axes are not orthonormal (sheared affine, e.g. gantry tilt; deviation {deviation:.2g})"
-        )
+        _check_tilt(vol, affine, where, deviation)
 
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(array)
@@ -144,3 +143,30 @@ def validate_volume(vol: Volume) -> Volume:
             vol.meta["non_finite_replaced"] = n_bad
     vol.affine = affine
     return vol
+
+
+def _check_tilt(vol: Volume, affine: np.ndarray, where: str, deviation: float) -> None:
+    """Accept the sheared grid of a gantry-tilted stack, noting its angle in ``vol.meta["shear_deg"]`` with a
+    warning; refuse any other shear.
+
+    A tilted stack's rows and columns are perpendicular and its slice axis leans off their normal, by at most
+    :data:`MAX_TILT_DEG`. The slice axis is the third (NIfTI's convention, and every DICOM converter's for an axial
+    series), or any axis of a series whose tilt the DICOM reader measured from its slice positions
+    (``vol.meta["gantry_tilt_deg"]``). Such a grid is segmented exactly: the model grid is orthonormal and the
+    resampling to it and back follows the sheared affine (:mod:`satseg.geometry`). NIfTI outputs keep the sheared
+    affine in the sform only (a qform cannot hold shear; its code is set to 0,
+    :func:`satseg.io.nifti_write.drop_inexact_qform`), so ITK-based tools refuse to open them rather than place
+    their slices straight.
+    """
+    axes = (0, 1, 2) if "gantry_tilt_deg" in vol.meta else (2,)
+    angle = axis_tilt(affine, ORTHONORMAL_TOL, axes)
+    if angle is None or angle > MAX_TILT_DEG:
+        lean = "" if angle is None else f" by {angle:.3g}°"
+        raise InputError(f"{where}: the axes are not orthonormal (sheared affine{lean}, deviation {deviation:.2g}), "
+                         f"and not a gantry tilt's shear (the slice axis leaning at most {MAX_TILT_DEG:g}° off the "
+                         "normal of perpendicular rows and columns)")
+    vol.meta["shear_deg"] = round(angle, 4)
+    log.warning("%s: the voxel grid is sheared by %.3g° (a gantry-tilted acquisition): it is resampled exactly; "
+                "NIfTI outputs keep it in the sform only (qform code 0), which ITK-based viewers (3D Slicer, "
+                "ITK-SNAP) refuse to open rather than misplace; DICOM-SEG and RTSTRUCT place every slice exactly",
+                where, angle)
