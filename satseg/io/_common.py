@@ -37,17 +37,19 @@ MAX_TILT_DEG = 45.0
 
 def axis_tilt(affine, tol: float, axes=(0, 1, 2)) -> float | None:
     """How far (degrees) an axis of ``affine`` among ``axes`` leans off the normal of the other two, when those two
-    are perpendicular within ``tol`` (cosine): the shear of a gantry-tilted stack (the least lean when several
-    qualify). ``None`` when no such axis is there (a shear no acquisition makes)."""
+    are perpendicular within ``tol`` (cosine): the shear of a gantry-tilted stack. Of several such axes, the one whose
+    other two are the most nearly perpendicular (rows and columns are; the lean of a slightly tilted slice axis may
+    be within ``tol`` of perpendicular too). ``None`` when no such axis is there (a shear no acquisition makes)."""
     import numpy as np
 
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     cosines = linear / np.linalg.norm(linear, axis=0)
-    angles = []
+    best = None
     for axis in axes:
         b, c = (a for a in range(3) if a != axis)
-        if abs(float(cosines[:, b] @ cosines[:, c])) <= tol:
+        skew = abs(float(cosines[:, b] @ cosines[:, c]))
+        if skew <= tol and (best is None or skew < best[0]):
             normal = np.cross(cosines[:, b], cosines[:, c])
             normal /= np.linalg.norm(normal)
-            angles.append(float(np.degrees(np.arccos(min(1.0, abs(float(cosines[:, axis] @ normal)))))))
-    return min(angles) if angles else None
+            best = (skew, float(np.degrees(np.arccos(min(1.0, abs(float(cosines[:, axis] @ normal)))))))
+    return None if best is None else best[1]

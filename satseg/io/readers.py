@@ -128,7 +128,7 @@ def validate_volume(vol: Volume) -> Volume:
         raise InputError(f"{where}: voxel spacing {_fmt(spacing)} mm has a zero axis")
     cosines = affine[:3, :3] / spacing
     deviation = float(np.abs(cosines.T @ cosines - np.eye(3)).max())
-    if deviation > ORTHONORMAL_TOL:
+    if deviation > ORTHONORMAL_TOL or "gantry_tilt_deg" in vol.meta:
         _check_tilt(vol, affine, where, deviation)
 
     if np.issubdtype(array.dtype, np.floating):
