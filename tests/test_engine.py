@@ -8,6 +8,7 @@ killed after its first case and resumed, and through the Python API.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -211,3 +212,14 @@ def test_predictor_set_scan_then_predict_many_times_equals_segment(env, five_sca
     fourth = predictor.predict(["spleen", "left kidney"], probabilities=True)
     assert len(calls) == computed - len(predictor.scan.features)  # only the windows that did not fit
     np.testing.assert_array_equal(fourth.probabilities["spleen"], others.probabilities["spleen"])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_read_ahead_worker_runs_only_on_idle_cycles():
+    """The read-ahead worker runs under SCHED_IDLE (the model's threads preempt it at once); this process does not."""
+    from satseg.inference.read_ahead import ReadAhead
+
+    policy_here = os.sched_getscheduler(0)
+    with ReadAhead(workers=1, ahead=1) as reads:
+        assert reads._pool.submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == policy_here != os.SCHED_IDLE

@@ -7,7 +7,8 @@ Errors travel as text: satseg's exceptions carry keyword arguments that do not s
 fails only its case.
 
 Workers are started with ``spawn`` (never ``fork``: the parent holds torch's thread pools), import no torch, use one
-thread and run at a lower scheduling priority, so on a CPU the model's threads come first.
+thread and run under the ``SCHED_IDLE`` policy (only on cycles the model leaves idle), so on a CPU the model's
+threads come first.
 """
 
 from __future__ import annotations
@@ -104,11 +105,28 @@ def _init_worker() -> None:
         os.environ[variable] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+    _yield_cpu()
+    logging.getLogger("satseg").setLevel(logging.WARNING)
+
+
+def _yield_cpu() -> None:
+    """Give this process only the cycles the rest of the machine leaves idle: Linux's ``SCHED_IDLE`` policy (any
+    thread of normal policy that wakes up preempts it at once), else, where that is not allowed or not Linux, nice 10.
+
+    On a CPU the model's threads use every core; a worker at merely a lower priority still took time slices from
+    them (and a delayed thread holds up the others at each parallel step): at nice 10 the pipelined cohort was
+    slower than one stage after another, under ``SCHED_IDLE`` not (benchmarks/RESULTS.md, § Cohort engine).
+    """
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except OSError:
+            pass
     try:
-        os.nice(10)  # reading ahead yields the CPU to the model: it may fill the model's idle moments, never slow it
+        os.nice(10)
     except OSError:
         pass
-    logging.getLogger("satseg").setLevel(logging.WARNING)
 
 
 class ReadAhead:
