@@ -227,6 +227,36 @@ def test_refused_store_keeps_local_files_exits_non_zero_and_never_shows_the_pass
     assert os.environ.get("SATSEG_DICOMWEB_PASSWORD") is None
 
 
+def test_batch_rerun_stores_what_a_refused_store_left_local_and_only_that(env, series, tmp_path,
+                                                                          orthanc_factory):  # noqa: F811
+    # A store refused (wrong password) fails the case, but its files are written and finished: a rerun skips it.
+    # That rerun must still send the SEG (it was never stored), and a third run must not send it again.
+    server = orthanc_factory(users={"radiology": "s3cret-pw"})
+    right = dict(env, SATSEG_DICOMWEB_USER="radiology", SATSEG_DICOMWEB_PASSWORD="s3cret-pw")
+    wrong = dict(env, SATSEG_DICOMWEB_USER="radiology", SATSEG_DICOMWEB_PASSWORD="wrong-pw-123")
+    out = tmp_path / "out"
+    args = ["batch", str(series), "-p", "liver", "-o", str(out), "--model", "tiny-test", "--output-type",
+            "dicom-seg", "--store-to", server.dicomweb]
+
+    def segs_on_server() -> list[str]:
+        return [i["ID"] for i in server.get("/instances?expand")
+                if server.get(f"/instances/{i['ID']}/simplified-tags").get("Modality") == "SEG"]
+
+    refused = run_cli(*args, env=wrong)
+    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
+    [case] = [p for p in out.iterdir() if p.is_dir()]
+    assert "segmentation.seg.dcm" in visible(case) and segs_on_server() == []
+    rerun = run_cli(*args, env=right)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "stored now" in rerun.stdout + rerun.stderr
+    [stored] = segs_on_server()
+    uid = pydicom.dcmread(case / "segmentation.seg.dcm").SOPInstanceUID
+    assert server.get(f"/instances/{stored}/simplified-tags")["SOPInstanceUID"] == uid
+    third = run_cli(*args, env=right)
+    assert third.returncode == 0, third.stderr
+    assert "stored now" not in third.stdout + third.stderr and segs_on_server() == [stored]
+
+
 def test_batch_of_series_urls_from_orthanc_stores_one_seg_per_case(env, series, tmp_path,
                                                                     orthanc_factory):  # noqa: F811
     server = orthanc_factory()

@@ -47,7 +47,8 @@ class CohortOptions:
             itself (``satseg SCAN -o OUT``).
         table: file name of the cohort table written into ``out_dir`` at the end (``None``: none).
         store_to: a DICOMweb URL each case's DICOM objects are sent to once written (a refusal fails the case; its
-            files stay).
+            files stay). A finished case that is skipped sends the objects it never sent there (a store that failed
+            in an earlier run, or a first run without ``store_to``; :func:`satseg.inference.remote.unstored`).
     """
 
     read_workers: int | None = None
@@ -258,7 +259,20 @@ class _Engine:
                 return True
         if marker is None or marker.get("request") != request:
             return False
-        self._settle(case, "skipped", "already done", started, rows=done_rows(case.name, marker))
+        detail = "already done"
+        if self.cohort.store_to:  # a store that failed (or never ran) is made now: the case's files are its result
+            from satseg.inference.remote import store_results, unstored
+
+            with self.log.working_on(case.name):
+                try:
+                    pending = unstored(self.cohort.store_to, case_dir)
+                    if pending:
+                        store_results(self.cohort.store_to, pending, self._stage)
+                        detail = "already done; stored now"
+                except (SatsegError, *CASE_ERRORS) as exc:
+                    self._fail(case, error_line(exc), started, exc)
+                    return True
+        self._settle(case, "skipped", detail, started, rows=done_rows(case.name, marker))
         return True
 
     def _model_stage(self, case: Case, request: dict, answer, started: float) -> None:
