@@ -1,7 +1,8 @@
 """Cohort throughput on the CPU: the pipelined cohort engine vs one stage after another (issue 16).
 
-    python benchmarks/cohort_throughput.py                    # tiny: 20 cases, 2 A B pairs; nano: 12 cases, 1 pair
+    python benchmarks/cohort_throughput.py                    # tiny: 20 cases, 2 A B pairs; nano: 20 cases, 1 pair
     python benchmarks/cohort_throughput.py --variant tiny --reps 4 --start-with pipelined --label quiet --append
+    python benchmarks/cohort_throughput.py --reps 4 --quiet-wait 900 --label quiet   # each run waits for a quiet machine
 
 Cases: 20 distinct NIfTI crops of TotalSegmentator's example scans (example_ct_sm, example_ct, example_mr_sm,
 aorta_report/example_ct), 48–120 mm in-plane and 45–180 mm along the slices, some flipped or with two axes swapped:
@@ -11,14 +12,17 @@ Models: random weights of the real shapes, imported by name into a throw-away SA
 
 Modes, each run in a fresh process (its own peak RSS), alternated A B B A … against drift, after one warm-up case:
 ``sequential`` = ``CohortOptions(read_workers=0, write_threads=0)``; ``pipelined`` = ``CohortOptions(read_workers=1,
-write_threads=1)``: a read-ahead process (reads, resamples, normalises) and a writer thread.
+write_threads=1)``: a read-ahead process (reads, resamples, normalises; under ``SCHED_IDLE``) and a writer thread.
 
 Per run: wall time of ``segment_files`` (model load included), cases/h, per-stage busy seconds summed over the cases
 (report.json ``timings_s``; ``write`` = ``compute_statistics`` + ``write_segmentation``, timed by wrapping them),
 CPU seconds of the process and of its children, peak RSS of the main process and of the worker (``/proc`` every
 50 ms, and ``ru_maxrss``), load average before/after and, per case, the cores this run and the rest of the machine
 used while it ran (``/proc/stat``): the summary compares the median seconds a case over quiet cases (load-matched)
-besides the walls. Outputs of all runs are hashed file by file (report.json excluded) and compared.
+besides the walls. A pair whose either run had the rest of the machine use more than :data:`LOADED` cores is loaded:
+kept in the rows, left out of the pair ratios (mean and median of pipelined / sequential wall over quiet pairs).
+``--quiet-wait S`` waits (at most S seconds) before each run until the rest of the machine has been idle for 5 s.
+Outputs of all runs are hashed file by file (report.json excluded) and compared.
 """
 
 from __future__ import annotations
@@ -313,6 +317,27 @@ def _run_child(spec: dict, env: dict, work: Path) -> dict:
 QUIET = 0.15
 """A case counts as quiet when the rest of the machine used under this many cores while it ran."""
 
+LOADED = 0.1
+"""A run is loaded when the rest of the machine used more than this many cores on average while it ran."""
+
+
+def others_cores(row: dict) -> float:
+    """Cores the rest of the machine used on average during the run of ``row``."""
+    return row["others_cpu_s"] / row["wall_s"]
+
+
+def wait_for_quiet(limit: float, window: float = 5.0, below: float = 0.05) -> float:
+    """Wait until the whole machine used under ``below`` cores for ``window`` seconds (at most ``limit`` seconds);
+    return the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        busy0, total0 = _cpu_jiffies()
+        time.sleep(window)
+        busy1, total1 = _cpu_jiffies()
+        if (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1) < below:
+            break
+    return round(time.perf_counter() - start, 1)
+
 
 def quiet_case_seconds(rows: list[dict]) -> list[float]:
     """Seconds between consecutive settled cases (the first case, which includes loading the model, left out)
@@ -359,10 +384,20 @@ def summary(rows: list[dict]) -> list[dict]:
         mean = {m: sum(w) / len(w) for m, w in walls.items()}
         quiet = {m: quiet_case_seconds([r for r in mine if r["mode"] == m]) for m in MODES}
         median = {m: statistics.median(q) if q else None for m, q in quiet.items()}
+        pairs = {}
+        for r in mine:
+            pairs.setdefault(r["rep"], {})[r["mode"]] = r
+        quiet_pairs = {rep: p for rep, p in pairs.items()
+                       if len(p) == len(MODES) and all(others_cores(r) <= LOADED for r in p.values())}
+        pair_ratios = [p["pipelined"]["wall_s"] / p["sequential"]["wall_s"] for p in quiet_pairs.values()]
         out.append({"variant": variant, "label": label, "cases": mine[0]["cases"], "reps": len(walls["pipelined"]),
                     "sequential_wall_s": walls["sequential"], "pipelined_wall_s": walls["pipelined"],
                     "ratio_pipelined_over_sequential": round(mean["pipelined"] / mean["sequential"], 3),
                     "ratio_per_rep": [round(p / s, 3) for s, p in zip(walls["sequential"], walls["pipelined"])],
+                    "quiet_pairs": sorted(quiet_pairs),
+                    "loaded_pairs": sorted(set(pairs) - set(quiet_pairs)),
+                    "quiet_pair_ratio_mean": round(statistics.mean(pair_ratios), 3) if pair_ratios else None,
+                    "quiet_pair_ratio_median": round(statistics.median(pair_ratios), 3) if pair_ratios else None,
                     "quiet_cases": {m: len(q) for m, q in quiet.items()},
                     "quiet_case_median_s": {m: round(v, 3) if v else None for m, v in median.items()},
                     "quiet_ratio": round(median["pipelined"] / median["sequential"], 3)
@@ -383,7 +418,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{100 * r['model_busy_fraction']:.0f} % | {r['cpu_s']['main']:.0f} / {r['cpu_s']['children']:.0f}"
                      f" | {p['main_sampled']:.2f} / {p['worker_sampled']:.2f} | {p['per_case_first_quarter']:.2f} / "
                      f"{p['per_case_last_quarter']:.2f} | {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} | "
-                     f"{r['others_cpu_s'] / r['wall_s']:.2f} |")
+                     f"{others_cores(r):.2f} |")
     return "\n".join(lines)
 
 
@@ -397,13 +432,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", nargs="+", default=["tiny", "nano"], choices=["tiny", "nano"])
     parser.add_argument("--cases", type=int, default=20, help="tiny's cohort size (≤ 20)")
     parser.add_argument("--reps", type=int, default=2, help="repetitions of the A B pair for tiny")
-    parser.add_argument("--nano-cases", type=int, default=12, help="nano's cohort size (≤ 20; 21–50 s a case here)")
+    parser.add_argument("--nano-cases", type=int, default=20, help="nano's cohort size (≤ 20; 21–50 s a case here)")
     parser.add_argument("--nano-reps", type=int, default=1)
     parser.add_argument("--nano-precision", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--json", default=str(Path(__file__).parent / "results/cohort_throughput_s8.json"))
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results/cohort_throughput_s9.json"))
     parser.add_argument("--start-with", choices=list(MODES), default="sequential", help="mode of the first run")
     parser.add_argument("--label", default="", help="a name for this invocation's rows (e.g. 'quiet')")
     parser.add_argument("--append", action="store_true", help="keep the rows already in --json and add these")
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="before each run, wait up to this many seconds for the machine to be idle for 5 s")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -432,8 +469,10 @@ def main(argv: list[str] | None = None) -> None:
                 order = list(MODES) if args.start_with == "sequential" else list(MODES)[::-1]
                 for mode in (order if rep % 2 else order[::-1]):
                     out_dir = work / f"out_{variant}_{mode}_{rep}"
+                    waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
                     row = _run_child({**base, "mode": mode, "rep": rep, "out_dir": str(out_dir)}, env, work)
                     row["label"] = args.label
+                    row["waited_for_quiet_s"] = waited
                     hashes[(mode, rep)] = hash_outputs(out_dir)
                     rows.append(row)
                     _save(args.json, {"cases": cases, "rows": rows, "summary": summary(rows), "complete": False})
