@@ -168,10 +168,14 @@ class _Engine:
         with self.log, ReadAhead(workers, ahead) as reads, self._write_pool():
             pending = iter(cases)
             started: dict[str, float] = {}
+            submitted_all = False
             while True:
                 while not reads.full():  # keep the read-ahead queue full (skipping finished cases on the way)
                     case = next(pending, None)
                     if case is None:
+                        if not submitted_all:
+                            submitted_all = True
+                            reads.finish()  # the workers exit once their last jobs are answered
                         break
                     started[case.name] = time.perf_counter()
                     request = self._request(case)

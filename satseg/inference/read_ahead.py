@@ -19,6 +19,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 
 from satseg.inference.options import PromptOptions, ScanOptions
@@ -109,9 +110,10 @@ def _init_worker() -> None:
     logging.getLogger("satseg").setLevel(logging.WARNING)
 
 
-def _yield_cpu() -> None:
-    """Give this process only the cycles the rest of the machine leaves idle: Linux's ``SCHED_IDLE`` policy (any
-    thread of normal policy that wakes up preempts it at once), else, where that is not allowed or not Linux, nice 10.
+def _yield_cpu(pid: int = 0) -> None:
+    """Give process ``pid`` (0: this one) only the cycles the rest of the machine leaves idle: Linux's ``SCHED_IDLE``
+    policy (any thread of normal policy that wakes up preempts it at once), else, where that is not allowed or not
+    Linux, nice 10.
 
     On a CPU the model's threads use every core; a worker at merely a lower priority still took time slices from
     them (and a delayed thread holds up the others at each parallel step): at nice 10 the pipelined cohort was
@@ -119,14 +121,27 @@ def _yield_cpu() -> None:
     """
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
             return
         except OSError:
             pass
     try:
-        os.nice(10)
-    except OSError:
+        os.setpriority(os.PRIO_PROCESS, pid, max(10, os.getpriority(os.PRIO_PROCESS, pid)))
+    except (OSError, AttributeError):
         pass
+
+
+class _IdleProcess(SpawnProcess):
+    """A spawned process put under :func:`_yield_cpu` by its parent as soon as it exists, so that its start (the
+    interpreter, the imports) already runs on idle cycles only, beside the model loading."""
+
+    def start(self) -> None:
+        super().start()
+        _yield_cpu(self.pid)
+
+
+class _IdleSpawnContext(SpawnContext):
+    Process = _IdleProcess
 
 
 class ReadAhead:
@@ -141,13 +156,13 @@ class ReadAhead:
         self.ahead = max(1, int(ahead))
         self._pool = None
         self._queue: deque = deque()
+        self._finishing = None
 
     def __enter__(self):
         if self.workers:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_IdleSpawnContext(),
                                              initializer=_init_worker)
         return self
 
@@ -157,7 +172,18 @@ class ReadAhead:
                 if hasattr(future, "cancel"):
                     future.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            if self._finishing is not None:
+                self._finishing.join()
+            self._pool = self._finishing = None
+
+    def finish(self) -> None:
+        """No more jobs will come: once those in flight are answered, the workers exit (beside the model's last
+        cases, not after them)."""
+        if self._pool is not None and self._finishing is None:
+            # shutdown(wait=False) lets the pool's thread answer the jobs in flight, then stop the workers and
+            # join them; that thread is joined on leaving (__exit__), so no worker outlives the run.
+            self._finishing = getattr(self._pool, "_executor_manager_thread", None)
+            self._pool.shutdown(wait=False)
 
     def full(self) -> bool:
         return len(self._queue) >= self.ahead
