@@ -151,24 +151,28 @@ class ReadAhead:
     engine, and the reference the pipelined one is tested against.
     """
 
-    def __init__(self, workers: int, ahead: int):
+    def __init__(self, workers: int, ahead: int, reader=None):
         self.workers = max(0, int(workers))
         self.ahead = max(1, int(ahead))
+        self._reader = reader or read_case  # a module-level function (it is pickled to the workers)
         self._pool = None
-        self._queue: deque = deque()
+        self._queue: deque = deque()  # (key, future / job / answer, the job or None)
         self._finishing = None
 
     def __enter__(self):
         if self.workers:
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_IdleSpawnContext(),
-                                             initializer=_init_worker)
+            self._start()
         return self
+
+    def _start(self) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_IdleSpawnContext(),
+                                         initializer=_init_worker)
 
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
-            for _key, future in self._queue:
+            for _key, future, _job in self._queue:
                 if hasattr(future, "cancel"):
                     future.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -194,21 +198,51 @@ class ReadAhead:
     def submit(self, key, job) -> None:
         """Queue ``job``: a :class:`ReadJob`, or a case prepared already (answered as it is)."""
         if not isinstance(job, ReadJob):
-            self._queue.append((key, ReadAnswer(case=job)))
+            self._queue.append((key, ReadAnswer(case=job), None))
         else:
-            self._queue.append((key, self._pool.submit(read_case, job) if self._pool is not None else job))
+            self._queue.append((key, self._pool.submit(self._reader, job) if self._pool is not None else job, job))
 
     def next(self) -> tuple[object, ReadAnswer]:
         """The oldest job's ``(key, answer)``, waiting for it if needed."""
-        key, pending = self._queue.popleft()
+        from concurrent.futures.process import BrokenProcessPool
+
+        key, pending, _job = self._queue.popleft()
         if isinstance(pending, ReadAnswer):
             return key, pending
         if self._pool is None:
-            return key, read_case(pending)
+            return key, self._reader(pending)
         try:
             return key, pending.result()
-        except Exception as exc:  # the worker itself died (killed, out of memory): this case fails, not the run
+        except BrokenProcessPool as exc:  # a worker died (killed, out of memory) and took its pool with it
+            self._restart()
+            return key, ReadAnswer(error=f"reading failed: the worker process reading it died ({error_line(exc)}); "
+                                         "the next cases are read by a new one")
+        except Exception as exc:  # noqa: BLE001 - anything else the pool raises fails this case, not the run
             return key, ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
+
+    def _restart(self) -> None:
+        """Replace a pool broken by a dead worker, and read again every queued job it had not answered.
+
+        The oldest job (the one :meth:`next` waited for, which a single worker was reading) fails; the others were
+        only queued behind it. A job that kills its worker again fails once it is the oldest: each dead worker costs
+        one case, and the cohort goes on (before, every later case failed on the broken pool).
+        """
+        finished = self._finishing is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._finishing is not None:
+            self._finishing.join()
+        self._finishing = None
+        self._start()
+        queue: deque = deque()
+        for key, pending, job in self._queue:
+            answered = hasattr(pending, "done") and pending.done() and not pending.cancelled() \
+                and pending.exception() is None
+            if job is not None and hasattr(pending, "result") and not answered:
+                pending = self._pool.submit(self._reader, job)
+            queue.append((key, pending, job))
+        self._queue = queue
+        if finished:
+            self.finish()
 
 
 def default_read_workers(cases: int) -> int:
