@@ -223,3 +223,25 @@ def test_read_ahead_worker_runs_only_on_idle_cycles():
     with ReadAhead(workers=1, ahead=1) as reads:
         assert reads._pool.submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_IDLE
     assert os.sched_getscheduler(0) == policy_here != os.SCHED_IDLE
+
+
+def test_read_ahead_finished_early_still_answers_and_leaves_no_worker(five_scans):
+    """``finish()`` (no more jobs) while reads are in flight: every answer still comes, and no worker outlives the
+    block."""
+    import multiprocessing
+
+    from satseg.inference.options import PromptOptions, ScanOptions
+    from satseg.inference.read_ahead import ReadAhead, ReadJob, read_case
+
+    jobs = [ReadJob(path=scan, prompts=("liver",), scan_options=ScanOptions(), prompt_options=PromptOptions(),
+                    spacing=(1.0, 1.0, 3.0)) for scan in sorted(five_scans.glob("ct_*.nii.gz"))]
+    with ReadAhead(workers=1, ahead=len(jobs)) as reads:
+        for index, job in enumerate(jobs):
+            reads.submit(index, job)
+        reads.finish()
+        answers = [reads.next() for _ in jobs]
+    assert [key for key, _ in answers] == list(range(len(jobs)))
+    for (_, answer), job in zip(answers, jobs):
+        assert answer.error is None
+        np.testing.assert_array_equal(answer.case.model_grid[0], read_case(job).case.model_grid[0])
+    assert multiprocessing.active_children() == []
