@@ -144,6 +144,9 @@ class _IdleSpawnContext(SpawnContext):
     Process = _IdleProcess
 
 
+_DEFERRED = object()  # a queued job to be read alone (after a dead worker), not yet submitted
+
+
 class ReadAhead:
     """Read jobs submitted in order and answered in order, at most ``ahead`` of them in flight.
 
@@ -156,8 +159,9 @@ class ReadAhead:
         self.ahead = max(1, int(ahead))
         self._reader = reader or read_case  # a module-level function (it is pickled to the workers)
         self._pool = None
-        self._queue: deque = deque()  # (key, future / job / answer, the job or None)
+        self._queue: deque = deque()  # (key, future / _DEFERRED / job / answer, the job or None)
         self._finishing = None
+        self._finish_asked = False
 
     def __enter__(self):
         if self.workers:
@@ -183,7 +187,8 @@ class ReadAhead:
     def finish(self) -> None:
         """No more jobs will come: once those in flight are answered, the workers exit (beside the model's last
         cases, not after them)."""
-        if self._pool is not None and self._finishing is None:
+        self._finish_asked = True
+        if self._pool is not None and self._finishing is None and not self._deferred():
             # shutdown(wait=False) lets the pool's thread answer the jobs in flight, then stop the workers and
             # join them; that thread is joined on leaving (__exit__), so no worker outlives the run.
             self._finishing = getattr(self._pool, "_executor_manager_thread", None)
@@ -197,37 +202,69 @@ class ReadAhead:
 
     def submit(self, key, job) -> None:
         """Queue ``job``: a :class:`ReadJob`, or a case prepared already (answered as it is)."""
+        from concurrent.futures.process import BrokenProcessPool
+
         if not isinstance(job, ReadJob):
             self._queue.append((key, ReadAnswer(case=job), None))
+        elif self._pool is None:
+            self._queue.append((key, job, job))
+        elif self._deferred():  # after a dead worker: read one at a time until the suspects are cleared
+            self._queue.append((key, _DEFERRED, job))
         else:
-            self._queue.append((key, self._pool.submit(self._reader, job) if self._pool is not None else job, job))
+            try:
+                self._queue.append((key, self._pool.submit(self._reader, job), job))
+            except BrokenProcessPool:  # a worker died while the model ran: no job is blamed yet
+                self._restart()
+                self._queue.append((key, _DEFERRED, job))
 
     def next(self) -> tuple[object, ReadAnswer]:
         """The oldest job's ``(key, answer)``, waiting for it if needed."""
         from concurrent.futures.process import BrokenProcessPool
 
-        key, pending, _job = self._queue.popleft()
+        key, pending, job = self._queue.popleft()
         if isinstance(pending, ReadAnswer):
             return key, pending
         if self._pool is None:
             return key, self._reader(pending)
+        if pending is _DEFERRED:
+            return key, self._alone(job)
         try:
             return key, pending.result()
-        except BrokenProcessPool as exc:  # a worker died (killed, out of memory) and took its pool with it
+        except BrokenProcessPool:  # a worker died (killed, out of memory) and took its pool with it
             self._restart()
-            return key, ReadAnswer(error=f"reading failed: the worker process reading it died ({error_line(exc)}); "
-                                         "the next cases are read by a new one")
+            return key, self._alone(job)
         except Exception as exc:  # noqa: BLE001 - anything else the pool raises fails this case, not the run
             return key, ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
 
-    def _restart(self) -> None:
-        """Replace a pool broken by a dead worker, and read again every queued job it had not answered.
+    def _deferred(self) -> bool:
+        return any(pending is _DEFERRED for _key, pending, _job in self._queue)
 
-        The oldest job (the one :meth:`next` waited for, which a single worker was reading) fails; the others were
-        only queued behind it. A job that kills its worker again fails once it is the oldest: each dead worker costs
-        one case, and the cohort goes on (before, every later case failed on the broken pool).
+    def _alone(self, job: ReadJob) -> ReadAnswer:
+        """Read ``job`` with nothing else in flight (a new pool, the other jobs deferred): if its worker dies now,
+        this job is the cause, and only this case fails."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            answer = self._pool.submit(self._reader, job).result()
+        except BrokenProcessPool as exc:
+            self._restart()
+            answer = ReadAnswer(error=f"reading failed: the worker process reading it died ({error_line(exc)}); "
+                                      "the next cases are read by a new one")
+        except Exception as exc:  # noqa: BLE001
+            answer = ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
+        if self._finish_asked:
+            self.finish()
+        return answer
+
+    def _restart(self) -> None:
+        """Replace a pool broken by a dead worker; every queued job it had not answered is deferred.
+
+        A dead worker fails every job of its pool, and which one killed it is not known (with several workers it
+        need not be the oldest). So none is blamed: the deferred jobs are read again one at a time, oldest first
+        (:meth:`_alone`), with read-ahead back once they are through; a job that kills its worker while alone is
+        the cause and fails. Each dead worker costs one case, and the cohort goes on (before, every later case
+        failed on the broken pool).
         """
-        finished = self._finishing is not None
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._finishing is not None:
             self._finishing.join()
@@ -238,11 +275,9 @@ class ReadAhead:
             answered = hasattr(pending, "done") and pending.done() and not pending.cancelled() \
                 and pending.exception() is None
             if job is not None and hasattr(pending, "result") and not answered:
-                pending = self._pool.submit(self._reader, job)
+                pending = _DEFERRED
             queue.append((key, pending, job))
         self._queue = queue
-        if finished:
-            self.finish()
 
 
 def default_read_workers(cases: int) -> int:
