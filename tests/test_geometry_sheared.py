@@ -133,3 +133,26 @@ def test_the_model_grid_of_a_sheared_nifti_is_monais_value_for_value(tmp_path, d
     np.testing.assert_allclose(np.asarray(theirs.affine), record.resampled_affine, atol=1e-9)
     cropped = np.asarray(theirs[0])[tuple(slice(a, b) for a, b in zip(record.crop_start, record.crop_stop))]
     np.testing.assert_array_equal(cropped, raw)
+
+
+@pytest.mark.parametrize("sform", ["registered", "float-noisy"])
+def test_unsheared_scans_keep_their_qform_in_every_output(tmp_path, sform):
+    # Only a sheared grid loses its qform: a registered sform 2 mm from the qform, or an sform with direction
+    # cosines off by 5e-4 (within the reader's orthonormality tolerance) on a big grid, keep the input's qform and
+    # codes in the masks, as before.
+    qform = np.diag([0.8, 0.8, 2.0, 1.0])
+    qform[:3, 3] = (-100, -90, -60)
+    affine = qform.copy()
+    if sform == "registered":
+        affine[:3, 3] += (2.0, 0.0, 0.0)
+    else:
+        affine[0, 1] = 0.8 * 5e-4
+    image = nib.Nifti1Image(np.zeros((512, 512, 4), np.int16), affine)
+    image.header.set_qform(qform, code=1)
+    image.header.set_sform(affine, code=2)
+    nib.save(image, tmp_path / "scan.nii.gz")
+    volume = read_volume(tmp_path / "scan.nii.gz")
+    assert "shear_deg" not in volume.meta
+    mask = nifti_like(np.zeros(volume.shape, np.uint8), volume, intent=1002, description="mask")
+    assert (int(mask.header["qform_code"]), int(mask.header["sform_code"])) == (1, 2)
+    np.testing.assert_allclose(mask.header.get_qform(), image.header.get_qform(), atol=1e-5)

