@@ -257,6 +257,31 @@ def test_batch_rerun_stores_what_a_refused_store_left_local_and_only_that(env, s
     assert "stored now" not in third.stdout + third.stderr and segs_on_server() == [stored]
 
 
+def test_batch_rerun_stores_only_the_results_of_its_own_request(env, series, tmp_path, orthanc_factory):  # noqa: F811
+    # An RTSTRUCT of an earlier request (other prompts, no --store-to) is kept in the case folder beside the new
+    # SEG; the rerun that skips the case must not send it (nobody asked to store it), and the URL spelled with a
+    # trailing "/" is the same destination.
+    server = orthanc_factory()
+    out = tmp_path / "out"
+    first = run_cli("batch", str(series), "-p", "spleen", "-o", str(out), "--model", "tiny-test",
+                    "--output-type", "dicom-seg,rtstruct", env=env)
+    assert first.returncode == 0, first.stderr
+    args = ["batch", str(series), "-p", "liver", "-o", str(out), "--model", "tiny-test", "--output-type", "dicom-seg"]
+    second = run_cli(*args, "--store-to", server.dicomweb, env=env)
+    assert second.returncode == 0, second.stderr
+    [case] = [p for p in out.iterdir() if p.is_dir()]
+    assert {"rtstruct.dcm", "segmentation.seg.dcm"} <= set(visible(case))
+
+    def modalities() -> list[str]:
+        return sorted(server.get(f"/instances/{i['ID']}/simplified-tags").get("Modality")
+                      for i in server.get("/instances?expand"))
+
+    assert modalities() == ["SEG"]
+    third = run_cli(*args, "--store-to", server.dicomweb + "/", env=env)
+    assert third.returncode == 0, third.stderr
+    assert "stored now" not in third.stdout + third.stderr and modalities() == ["SEG"]
+
+
 def test_batch_of_series_urls_from_orthanc_stores_one_seg_per_case(env, series, tmp_path,
                                                                     orthanc_factory):  # noqa: F811
     server = orthanc_factory()

@@ -269,7 +269,7 @@ class _Engine:
 
             with self.log.working_on(case.name):
                 try:
-                    pending = unstored(self.cohort.store_to, case_dir)
+                    pending = unstored(self.cohort.store_to, case_dir, marker.get("outputs", {}))
                     if pending:
                         store_results(self.cohort.store_to, pending, self._stage)
                         detail = "already done; stored now"

@@ -57,8 +57,8 @@ def store_results(store_to: str, paths: list[Path], stage=None) -> dict | None:
     """Send the DICOM objects among ``paths`` (SEG, RTSTRUCT) to ``store_to`` with STOW-RS; ``None`` when there is
     none. A refusal raises :class:`~satseg.errors.SatsegError` with the server's answer; the local files stay.
 
-    Once the server has taken them, the case folder holding them records it (:data:`STORED_RECORD`: the URL and the
-    SOP Instance UIDs sent), so that a later run of the same cohort knows what is on the server already
+    Once the server has taken them, the case folder holding them records it (:data:`STORED_RECORD`: per store URL,
+    the SOP Instance UIDs sent there), so that a later run of the same cohort knows what is on the server already
     (:func:`unstored`)."""
     from satseg.io.dicomweb import store_instances
 
@@ -73,30 +73,40 @@ def store_results(store_to: str, paths: list[Path], stage=None) -> dict | None:
     return answer
 
 
-# Beside the DICOM objects of a case, after a store the server took: {"stored": {url: [SOP Instance UIDs]}}.
+# Beside the DICOM objects of a case, after a store the server took: {"stored": {store URL: [SOP Instance UIDs]}}.
 STORED_RECORD = ".satseg-stored.json"
 
 
-def unstored(store_to: str, case_dir: Path) -> list[Path]:
-    """The DICOM objects of a finished case folder that were never stored to ``store_to`` as they are now (no record
-    of a store there, or a record of other instances): what a rerun must still send. A store that failed (server
-    down, credentials refused) fails its case, but the case's files are written and a rerun skips it: without this
-    the rerun would end without storing anything, and without a word."""
-    objects = _dicom_objects(sorted(Path(case_dir).glob("*.dcm")))
+def unstored(store_to: str, case_dir: Path, outputs) -> list[Path]:
+    """The DICOM objects among a finished case's ``outputs`` (its completion record's files, relative to
+    ``case_dir``: this request's own results, not older ones kept beside them) that were never stored to
+    ``store_to``: what a rerun must still send. A store that failed (server down, credentials refused) fails its
+    case, but the case's files are written and a rerun skips it: without this the rerun would end without storing
+    anything, and without a word."""
+    objects = _dicom_objects(Path(case_dir) / rel for rel in outputs)
     if not objects:
         return []
-    return [] if _stored(case_dir).get(store_to) == _instance_uids(objects) else objects
+    sent = set(_stored(case_dir).get(_url_key(store_to), []))
+    return [p for p, uid in zip(objects, _instance_uids(objects)) if uid not in sent]
+
+
+def _url_key(store_to: str) -> str:
+    """One spelling per store destination (``…/dicom-web/`` and ``…/dicom-web`` are the same)."""
+    from satseg.io.dicomweb import parse_store_url
+
+    base, study = parse_store_url(store_to)
+    return base if study is None else f"{base}/studies/{study}"
 
 
 def _dicom_objects(paths) -> list[Path]:
-    return [Path(p) for p in paths if Path(p).name.endswith(".dcm")]
+    return [Path(p) for p in paths if Path(p).name.endswith(".dcm") and Path(p).is_file()]
 
 
 def _instance_uids(objects: list[Path]) -> list[str]:
     import pydicom
 
-    return sorted(str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-                  for p in objects)
+    return [str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+            for p in objects]
 
 
 def _stored(case_dir: Path) -> dict:
@@ -111,14 +121,17 @@ def _stored(case_dir: Path) -> dict:
 
 
 def _record_stored(store_to: str, objects: list[Path]) -> None:
-    """Add ``store_to`` → the objects' UIDs to the record in their folder (written atomically). A record that cannot
-    be written only costs a second store on a rerun: it is warned about, not raised."""
+    """Add the objects' UIDs to what the record in their folder says was stored to ``store_to`` (written
+    atomically). A record that cannot be written only costs a second store on a rerun: warned about, not raised."""
     import json
 
     from satseg.io.atomic import atomic_path
 
     folder = objects[0].parent
-    stored = dict(_stored(folder), **{store_to: _instance_uids(objects)})
+    stored = _stored(folder)
+    key = _url_key(store_to)
+    sent = stored.get(key) if isinstance(stored.get(key), list) else []
+    stored[key] = sorted(set(sent) | set(_instance_uids(objects)))
     try:
         with atomic_path(folder / STORED_RECORD) as tmp:
             tmp.write_text(json.dumps({"stored": stored}, indent=1), encoding="utf-8")
