@@ -234,7 +234,7 @@ class ReadAhead:
             self._restart()
             return key, self._alone(job)
         except Exception as exc:  # noqa: BLE001 - anything else the pool raises fails this case, not the run
-            return key, ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
+            return key, _worker_failed(exc)
 
     def _deferred(self) -> bool:
         return any(pending is _DEFERRED for _key, pending, _job in self._queue)
@@ -251,7 +251,7 @@ class ReadAhead:
             answer = ReadAnswer(error=f"reading failed: the worker process reading it died ({error_line(exc)}); "
                                       "the next cases are read by a new one")
         except Exception as exc:  # noqa: BLE001
-            answer = ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
+            answer = _worker_failed(exc)
         if self._finish_asked:
             self.finish()
         return answer
@@ -278,6 +278,11 @@ class ReadAhead:
                 pending = _DEFERRED
             queue.append((key, pending, job))
         self._queue = queue
+
+
+def _worker_failed(exc: BaseException) -> ReadAnswer:
+    """The answer of a job that the pool itself failed (not the reading, whose errors come back as answers)."""
+    return ReadAnswer(error=f"reading failed in a worker process ({error_line(exc)})")
 
 
 def default_read_workers(cases: int) -> int:

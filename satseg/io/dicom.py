@@ -126,8 +126,9 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
             raise InputError(f"{where}: cannot convert DICOM series {uid} ({'; '.join(errors)})") from exc
     if tilt is not None:
         vol.affine = shear_affine(vol.affine, slices, tilt, where)
+        vol.meta["gantry_tilt_deg"] = round(tilt.degrees, 4)
         log.info("%s: series %s is gantry-tilted by %.3g°: read on its sheared grid", where, uid, tilt.degrees)
-    vol.header = _scanner_header(vol, sheared=tilt is not None)
+    vol.header = _scanner_header(vol)
     vol.source = source
     vol.modality = MODALITIES.get(str(first.get("Modality", "")).upper())
     vol.meta.update(
@@ -136,8 +137,6 @@ def _read_folder(folder: Path, series: str | None, source: Path) -> Volume:
     )
     if multiframe:
         vol.meta["n_frames"] = len(slices)
-    if tilt is not None:
-        vol.meta["gantry_tilt_deg"] = round(tilt.degrees, 4)
     return vol
 
 

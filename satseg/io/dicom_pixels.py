@@ -15,7 +15,7 @@ from satseg.errors import InputError
 from satseg.io._common import _one_line
 from satseg.io.dicom_geometry import SLICE_GAP_TOL_MM, Tilt, _count, _pixel_format, _size, _Slice
 from satseg.io.itk import itk_to_volume
-from satseg.io.nifti_write import SCANNER, drop_qform  # SCANNER: the code dcm2niix writes for DICOM
+from satseg.io.nifti_write import SCANNER, drop_qform, is_sheared  # SCANNER: the code dcm2niix writes for DICOM
 from satseg.io.volume import Volume
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # DICOM patient coordinates (LPS) ↔ RAS, its own inverse
@@ -176,7 +176,7 @@ def shear_affine(affine: np.ndarray, slices: list[_Slice], tilt: Tilt, where: st
     return sheared
 
 
-def _scanner_header(vol: Volume, sheared: bool = False):
+def _scanner_header(vol: Volume):
     """The converted volume's NIfTI header (a fresh one for SimpleITK's) with the affine as qform and sform, both
     with code 1 (scanner), as dcm2niix writes them."""
     import nibabel as nib
@@ -188,7 +188,7 @@ def _scanner_header(vol: Volume, sheared: bool = False):
     header.set_data_dtype(vol.array.dtype)
     header.set_qform(vol.affine, code=SCANNER)
     header.set_sform(vol.affine, code=SCANNER)
-    if sheared:
+    if is_sheared(vol):
         drop_qform(header)  # a gantry tilt's shear: the sform alone holds it
     return header
 
